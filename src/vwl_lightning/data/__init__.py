@@ -1,0 +1,1 @@
+"""Data sets (VOC layout, COCO, the embedded synthetic benchmark) and transforms."""

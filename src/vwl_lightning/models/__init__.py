@@ -1,0 +1,1 @@
+"""Networks: backbone, hybrid pooling, visual-word codebooks, the VWL classifier, DeepLab."""

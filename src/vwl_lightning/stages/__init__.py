@@ -1,0 +1,1 @@
+"""Pipeline stages: one LightningModule or task per stage (classifier, CAMs, pseudo labels, segmenter)."""
