@@ -1,0 +1,58 @@
+"""Command line: ``python -m vwl_lightning [+experiment=NAME] [key=value ...]`` (Hydra).
+
+``stage`` selects what runs (default: the classifier on the embedded benchmark). Errors that are the
+user's input (:class:`~vwl_lightning.errors.VWLError`) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vwl_lightning.errors import VWLError
+
+log = logging.getLogger("vwl_lightning")
+
+
+def config_dir() -> str:
+    """The ``conf/`` folder of the checkout (the package is installed in editable mode)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"cannot find the conf/ folder near {here}; install with `pip install -e .`")
+
+
+def run(cfg: DictConfig) -> object:
+    """Run the stage named by ``cfg.stage``."""
+    stage = cfg.stage
+    if stage == "classifier":
+        from vwl_lightning.stages.train_classifier import train_classifier
+
+        checkpoint = train_classifier(cfg)
+        print(f"classifier checkpoint: {checkpoint}")
+        return checkpoint
+    raise VWLError(f"stage must be one of: classifier; got {stage!r}")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def _hydra_main(cfg: DictConfig) -> object:
+    try:
+        return run(cfg)
+    except VWLError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point ``vwl-lightning``."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Task: train the classifier stage and leave ``<run_dir>/classifier/`` with the final checkpoint.
+
+Outputs::
+
+    classifier/checkpoints/last.ckpt   Lightning's rolling checkpoint (resume point)
+    classifier/classifier.ckpt         the final weights (written atomically when training ends)
+    classifier/manifest.json           written last: config, data set, metrics, checkpoint path
+
+Run again with the same ``run_dir``: a completed stage is skipped; an interrupted one resumes from
+``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from vwl_lightning.data.datamodule import ClassificationDataModule
+from vwl_lightning.logging_setup import build_logger
+from vwl_lightning.stages.classifier import ClassifierModule
+from vwl_lightning.utils.manifest import read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+STAGE = "classifier"
+FINAL_CHECKPOINT = "classifier.ckpt"
+
+
+def build_datamodule(cfg: DictConfig) -> ClassificationDataModule:
+    d = cfg.data
+    return ClassificationDataModule(
+        source=OmegaConf.to_container(d.source, resolve=True), train_split=d.train_split,
+        val_split=d.val_split, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers, train_transform=OmegaConf.to_container(d.train_transform, resolve=True),
+        eval_size=d.eval_size, pin_memory=d.pin_memory,
+    )
+
+
+def build_module(cfg: DictConfig, num_foreground: int, class_names: list[str]) -> ClassifierModule:
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    return ClassifierModule(
+        num_classes=num_foreground, backbone=m["backbone"], pool=m["pool"], codebook=m["codebook"],
+        loss=m["loss"], optim=m["optim"], val_bg_score=m["val_bg_score"], channels_last=m["channels_last"],
+        class_names=class_names,
+    )
+
+
+def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_epochs: int,
+                  callbacks: list[pl.Callback]) -> pl.Trainer:
+    trainer_args: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return pl.Trainer(
+        **trainer_args, max_epochs=max_epochs, default_root_dir=str(stage_dir),
+        logger=build_logger(cfg.logger, stage_dir, stage=stage, group=str(cfg.name)), callbacks=callbacks,
+    )
+
+
+def train_classifier(cfg: DictConfig) -> Path:
+    """Train (or resume, or skip) the classifier; return the final checkpoint path."""
+    stage_dir = Path(cfg.run_dir) / STAGE
+    final = stage_dir / FINAL_CHECKPOINT
+    done = read_manifest(stage_dir)
+    if done is not None and final.is_file():
+        log.info("classifier: complete in %s, skipping", stage_dir)
+        return final
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    meta = datamodule.data.meta
+    module = build_module(cfg, meta.num_foreground, list(meta.class_names))
+    checkpoints = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)
+    trainer = build_trainer(cfg, stage_dir, STAGE, int(cfg.model.max_epochs), [checkpoints])
+    resume = stage_dir / "checkpoints" / "last.ckpt"
+    log.info("classifier: training, outputs in %s%s", stage_dir,
+             f" (resuming from {resume})" if resume.is_file() else "")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+    # every rank takes part in save_checkpoint; rank 0 writes, then renames (atomic)
+    partial = stage_dir / f".tmp-{FINAL_CHECKPOINT}"
+    trainer.save_checkpoint(partial, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:
+        os.replace(partial, final)
+        write_manifest(stage_dir, STAGE, checkpoint=str(final), data_root=str(datamodule.data.layout.root),
+                       dataset=meta.name, class_names=list(meta.class_names), metrics=metrics,
+                       epochs=trainer.current_epoch, config=OmegaConf.to_container(cfg, resolve=True))
+    trainer.strategy.barrier()
+    return final
