@@ -119,9 +119,6 @@ def test_missing_and_bad_weight_files(tmp_path: Path) -> None:
         make_backbone(unrelated)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="backbone.py: load_state_dict(strict=False) still raises a bare RuntimeError on shape "
-                          "mismatches (e.g. a resnet18 file for resnet50); it should be a DataError naming the file")
 def test_checkpoint_of_another_depth_names_the_file(tmp_path: Path) -> None:
     from torchvision.models import resnet18
 

@@ -179,7 +179,12 @@ class Backbone(nn.Module):
         """Load a timm- or torchvision-format ResNet state dict (same key names), ignoring the fc head."""
         state = load_state_dict_file(weights_path)
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches: a checkpoint of another architecture
+            first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
+            raise DataError(f"{weights_path}: does not match {self.__class__.__name__} "
+                            f"({first[0].strip()})") from None
         if missing or unexpected:
             raise DataError(f"{weights_path}: does not match {net.__class__.__name__} "
                             f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
