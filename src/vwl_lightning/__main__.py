@@ -28,15 +28,10 @@ def config_dir() -> str:
 
 
 def run(cfg: DictConfig) -> object:
-    """Run the stage named by ``cfg.stage``."""
-    stage = cfg.stage
-    if stage == "classifier":
-        from vwl_lightning.stages.train_classifier import train_classifier
+    """Run the stage named by ``cfg.stage`` (``pipeline``: all of them in order)."""
+    from vwl_lightning.stages.pipeline import run as run_pipeline
 
-        checkpoint = train_classifier(cfg)
-        print(f"classifier checkpoint: {checkpoint}")
-        return checkpoint
-    raise VWLError(f"stage must be one of: classifier; got {stage!r}")
+    return run_pipeline(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

@@ -152,7 +152,9 @@ def check_cam_manifest(
         return None
     path = Path(cam_dir) / CAM_MANIFEST
     if "split" in manifest and str(manifest["split"]) != split:
-        raise DataError(f"{path}: CAMs were made for split '{manifest['split']}', not '{split}'")
+        if not _is_subset_split(data_root, split, str(manifest["split"])):
+            raise DataError(f"{path}: CAMs were made for split '{manifest['split']}', not '{split}' (nor a "
+                            f"split that contains it)")
     root = manifest.get("data_root", manifest.get("root"))
     if root is not None and data_root is not None:
         if Path(str(root)).expanduser().resolve() != Path(data_root).expanduser().resolve():
@@ -160,6 +162,17 @@ def check_cam_manifest(
     if "dataset" in manifest and dataset is not None and str(manifest["dataset"]) != dataset:
         raise DataError(f"{path}: CAMs were made for data set '{manifest['dataset']}', not '{dataset}'")
     return manifest
+
+
+def _is_subset_split(data_root: str | os.PathLike | None, split: str, cam_split: str) -> bool:
+    """True when every id of ``split`` is listed in ``cam_split`` (e.g. VOC train within train_aug)."""
+    if data_root is None:
+        return False
+    folder = Path(data_root) / "ImageSets" / "Segmentation"
+    wanted, made = folder / f"{split}.txt", folder / f"{cam_split}.txt"
+    if not (wanted.is_file() and made.is_file()):
+        return False
+    return set(wanted.read_text().split()) <= set(made.read_text().split())
 
 
 def resolve_class_names(

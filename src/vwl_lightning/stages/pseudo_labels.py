@@ -259,5 +259,6 @@ def make_pseudo_labels(
         manifest["metrics"] = None
         manifest["evaluation_skipped"] = (f"{len(gt_missing)} of {len(ids)} ground-truth masks missing, "
                                           f"e.g. {layout.mask_path(gt_missing[0])}")
+    manifest.update(stage="pseudo", status="complete")
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest

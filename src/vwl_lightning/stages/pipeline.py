@@ -1,0 +1,158 @@
+"""The pipeline: classifier → CAMs → seed evaluation → CRF pseudo masks (→ segmenter), each stage in its
+own folder under ``run_dir`` with a manifest (written last).
+
+Running again in the same ``run_dir`` skips the stages whose manifest is complete and resumes the one
+that was interrupted. ``stage=<name>`` runs one stage alone, reading the folder of the stage before it
+(``cam.classifier_dir``, ``seeds.cam_dir``, ``pseudo.cam_dir``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from vwl_lightning.data.source import ResolvedData, resolve_data
+from vwl_lightning.errors import ConfigError
+from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
+from vwl_lightning.utils.manifest import read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+TIMINGS = "timings.json"
+
+
+def sweep_scores(sweep: Any) -> list[float]:
+    """The background scores of ``seeds.sweep`` ({start, stop, step}), inclusive of ``stop``."""
+    start, stop, step = float(sweep.start), float(sweep.stop), float(sweep.step)
+    if step <= 0 or stop < start:
+        raise ConfigError(f"seeds.sweep must have step > 0 and stop >= start, got {OmegaConf.to_container(sweep)}")
+    return [round(v, 6) for v in np.arange(start, stop + step / 2, step)]
+
+
+def run_classifier(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
+    from vwl_lightning.stages.train_classifier import train_classifier
+
+    checkpoint = train_classifier(cfg)
+    print(f"classifier checkpoint: {checkpoint}")
+    return {"checkpoint": str(checkpoint)}
+
+
+def run_cams(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
+    from vwl_lightning.stages.make_cams import make_cams
+
+    out_dir = make_cams(cfg, data)
+    print(f"CAM files: {out_dir}")
+    return {"cam_dir": str(out_dir)}
+
+
+def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
+    from vwl_lightning.stages.seed_eval import evaluate_seeds
+
+    s = cfg.seeds
+    out_dir = Path(str(s.out_dir))
+    done = read_manifest(out_dir)
+    if done is not None:
+        return done["metrics"]
+    metrics = evaluate_seeds(s.cam_dir, data.layout, s.split, out_dir, class_names=list(data.meta.class_names),
+                             bg_scores=sweep_scores(s.sweep), configured_score=float(s.bg_score),
+                             dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
+    summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured") if k in metrics}
+    summary["configured_bg_score"] = float(s.bg_score)
+    write_manifest(out_dir, "seeds", cam_dir=str(s.cam_dir), split=s.split, metrics=summary)
+    print(f"CAM seeds ({s.split}): mIoU {summary['miou_at_configured']:.4f} at bg {s.bg_score}, best "
+          f"{summary['best_miou']:.4f} at bg {summary['best_bg_score']:.2f} -> {out_dir / 'metrics.md'}")
+    return summary
+
+
+def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
+    from vwl_lightning.crf import crf_params_from_config
+    from vwl_lightning.stages.pseudo_labels import make_pseudo_labels
+
+    p = cfg.pseudo
+    out_dir = Path(str(p.out_dir))
+    done = read_manifest(out_dir)
+    if done is None:
+        params = crf_params_from_config({"preset": str(p.crf_preset), **OmegaConf.to_container(p.crf, resolve=True)},
+                                        prefix="pseudo.crf")
+        done = make_pseudo_labels(
+            p.cam_dir, data.layout, p.split, out_dir, bg_score=float(p.bg_score), crf_params=params,
+            mode=str(p.mode), fg_thres=float(p.fg_thres), bg_thres=float(p.bg_thres), gt_prob=float(p.gt_prob),
+            num_workers=int(p.num_workers), class_names=list(data.meta.class_names), evaluate=bool(p.evaluate),
+            dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
+        metrics = done.get("metrics") or {}
+        if "miou" in metrics:
+            print(f"pseudo masks ({p.split}): mIoU {metrics['miou']:.4f} -> {out_dir}")
+    return {"mask_dir": done["mask_dir"], "metrics": done.get("metrics")}
+
+
+STAGES: dict[str, Callable[[DictConfig, ResolvedData], dict[str, Any]]] = {
+    "classifier": run_classifier,
+    "cams": run_cams,
+    "seeds": run_seeds,
+    "pseudo": run_pseudo,
+}
+PIPELINE = ("classifier", "cams", "seeds", "pseudo")
+
+
+def record_time(run_dir: Path, stage: str, seconds: float) -> None:
+    path = run_dir / TIMINGS
+    timings = read_json(path) if path.is_file() else {}
+    timings[stage] = round(seconds, 2)
+    write_json_atomic(path, timings)
+
+
+def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
+    """Run ``names`` in order; return each stage's summary."""
+    data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
+    run_dir = Path(str(cfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for name in names:
+        log.info("stage %s: starting (run dir %s)", name, run_dir)
+        start = time.perf_counter()
+        results[name] = STAGES[name](cfg, data)
+        record_time(run_dir, name, time.perf_counter() - start)
+    return results
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """``results.json`` and ``results.md`` with the headline numbers and each stage's time."""
+    timings = read_json(run_dir / TIMINGS) if (run_dir / TIMINGS).is_file() else {}
+    seeds = results.get("seeds", {})
+    pseudo = (results.get("pseudo") or {}).get("metrics") or {}
+    headline = {
+        "cam_seed_miou_best": seeds.get("best_miou"),
+        "cam_seed_best_bg_score": seeds.get("best_bg_score"),
+        "cam_seed_miou_configured": seeds.get("miou_at_configured"),
+        "cam_seed_configured_bg_score": seeds.get("configured_bg_score"),
+        "pseudo_mask_miou": pseudo.get("miou"),
+        "stage_seconds": timings,
+    }
+    write_json_atomic(run_dir / "results.json", headline)
+    lines = ["# Results", "", "| measure | value |", "|---|---|"]
+    for key, value in headline.items():
+        if key != "stage_seconds":
+            lines.append(f"| {key} | {value if not isinstance(value, float) else f'{value:.4f}'} |")
+    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    write_text_atomic(run_dir / "results.md", "\n".join(lines) + "\n")
+    return headline
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Entry for ``stage=pipeline`` or one stage name."""
+    stage = str(cfg.stage)
+    if stage == "pipeline":
+        results = run_stages(cfg, PIPELINE)
+        headline = write_results(Path(str(cfg.run_dir)), results)
+        print((Path(str(cfg.run_dir)) / "results.md").read_text())
+        return headline
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be pipeline or one of {', '.join(STAGES)}; got {stage!r}")
+    return run_stages(cfg, (stage,))[stage]
