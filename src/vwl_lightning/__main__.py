@@ -36,12 +36,28 @@ def run(cfg: DictConfig) -> object:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_main(cfg: DictConfig) -> object:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)
     except VWLError as exc:
+        if multirun:  # a sweep records the failed job and goes on with the others
+            from vwl_lightning.sweep import record_failure
+
+            record_failure(Path(str(cfg.run_dir)), exc)
+            return None
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        if not multirun:
+            raise
+        from vwl_lightning.sweep import record_failure
+
+        record_failure(Path(str(cfg.run_dir)), exc)
+        return None
 
 
 def main() -> None:

@@ -1,14 +1,14 @@
-"""Experiment loggers for the Lightning Trainer, chosen by ``logger.kind``: csv, wandb or none."""
+"""Experiment loggers for the Lightning Trainer, chosen by ``logger.kind``: wandb, csv or none."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from vwl_lightning.errors import ConfigError
+from vwl_lightning.tracking import init_kwargs, uses_wandb
 
 
 def build_logger(cfg: Any, save_dir: Path, stage: str, group: str) -> Logger | bool:
@@ -19,11 +19,11 @@ def build_logger(cfg: Any, save_dir: Path, stage: str, group: str) -> Logger | b
     if kind == "csv":
         return CSVLogger(save_dir=str(save_dir), name="logs", version="")
     if kind == "wandb":
+        if not uses_wandb(cfg):
+            return False
         from pytorch_lightning.loggers import WandbLogger
 
-        mode = cfg.get("mode", "offline")
-        if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            mode = "offline"
-        return WandbLogger(project=cfg.get("project", "vwl_lightning"), group=group, job_type=stage,
-                           tags=list(cfg.get("tags", [])), save_dir=str(save_dir), mode=mode)
+        kwargs = init_kwargs(cfg, stage, group, save_dir)
+        kwargs["save_dir"] = kwargs.pop("dir")
+        return WandbLogger(log_model=False, **kwargs)
     raise ConfigError(f"logger.kind must be csv, wandb or none, got {kind!r}")

@@ -17,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
 from torchmetrics.classification import MultilabelAveragePrecision
 
 from vwl_lightning.cam import cams_to_prediction, normalise_cams
@@ -26,6 +27,7 @@ from vwl_lightning.models.classifier import VWLClassifier
 from vwl_lightning.models.codebook import build_codebook
 from vwl_lightning.models.pooling import build_pooling
 from vwl_lightning.optim import build_sgd, poly_lambda, trainable
+from vwl_lightning.tracking import cam_overlay, denormalise, mask_image, wandb_image
 
 
 def build_classifier(num_classes: int, backbone: dict, pool: dict, codebook: dict) -> VWLClassifier:
@@ -51,11 +53,13 @@ class ClassifierModule(pl.LightningModule):
         optim: ``lr``, ``new_layer_lr_mult``, ``weight_decay``, ``momentum``, ``poly_power``.
         val_bg_score: background score of the quick validation CAM mIoU.
         channels_last: run the network in channels-last memory format.
+        class_names: names with background first (for logged masks).
+        log_images: CAM overlays / seed masks of the first validation batch logged to W&B per epoch.
     """
 
     def __init__(self, num_classes: int, backbone: dict, pool: dict, codebook: dict, loss: dict,
                  optim: dict, val_bg_score: float = 0.13, channels_last: bool = False,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, log_images: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_classifier(num_classes, backbone, pool, codebook)
@@ -102,8 +106,28 @@ class ClassifierModule(pl.LightningModule):
         self.val_map.update(torch.sigmoid(logits), labels.long())
         cams = torch.relu(self.model.classifier(features)).float()
         cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        prediction = cams_to_prediction(normalise_cams(cams, labels), self.hparams.val_bg_score)
+        normalised = normalise_cams(cams, labels)
+        prediction = cams_to_prediction(normalised, self.hparams.val_bg_score)
         self.val_cam.update(prediction, masks)
+        if batch_idx == 0:
+            self._log_examples(images, normalised, prediction, masks)
+
+    def _log_examples(self, images: torch.Tensor, cams: torch.Tensor, prediction: torch.Tensor,
+                      masks: torch.Tensor) -> None:
+        """CAM overlays (strongest labelled class) and seed vs ground-truth masks, to W&B only."""
+        count = min(int(self.hparams.log_images), images.shape[0])
+        if count <= 0 or not isinstance(self.logger, WandbLogger) or self.global_rank != 0:
+            return
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes + 1)]
+        overlays, seeds = [], []
+        for i in range(count):
+            image = denormalise(images[i].float().cpu().numpy())
+            heat = cams[i].max(dim=0).values.cpu().numpy()
+            overlays.append(wandb_image(cam_overlay(image, heat), caption=f"epoch {self.current_epoch}"))
+            seeds.append(mask_image(image, names, prediction=prediction[i].cpu().numpy(),
+                                    ground_truth=masks[i].cpu().numpy()))
+        self.logger.experiment.log({"val/cam_overlay": overlays, "val/seed_masks": seeds,
+                                    "trainer/global_step": self.global_step})
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/mAP", self.val_map.compute(), prog_bar=True, sync_dist=False)

@@ -20,10 +20,12 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import WandbLogger
 
 from vwl_lightning.data.datamodule import ClassificationDataModule
 from vwl_lightning.logging_setup import build_logger
 from vwl_lightning.stages.classifier import ClassifierModule
+from vwl_lightning.tracking import finish_active_run, log_artifact
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def build_module(cfg: DictConfig, num_foreground: int, class_names: list[str]) -
     return ClassifierModule(
         num_classes=num_foreground, backbone=m["backbone"], pool=m["pool"], codebook=m["codebook"],
         loss=m["loss"], optim=m["optim"], val_bg_score=m["val_bg_score"], channels_last=m["channels_last"],
-        class_names=class_names,
+        class_names=class_names, log_images=int(cfg.logger.get("max_images", 0)),
     )
 
 
@@ -87,5 +89,10 @@ def train_classifier(cfg: DictConfig) -> Path:
         write_manifest(stage_dir, STAGE, checkpoint=str(final), data_root=str(datamodule.data.layout.root),
                        dataset=meta.name, class_names=list(meta.class_names), metrics=metrics,
                        epochs=trainer.current_epoch, config=OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(trainer.logger, WandbLogger) and cfg.logger.get("log_artifacts", False):
+            log_artifact(trainer.logger.experiment, final, f"{cfg.name}-classifier", "model")
+            log_artifact(trainer.logger.experiment, stage_dir / "manifest.json", f"{cfg.name}-classifier-manifest",
+                         "manifest")
     trainer.strategy.barrier()
+    finish_active_run()
     return final

@@ -1,0 +1,157 @@
+"""Hydra multirun summary: one table of every job's headline numbers, and a heat map of CAM seed mIoU over
+codebook size K × pooling weight γ (the two sweep knobs, spec §2–3).
+
+Registered as a Hydra callback (``hydra.callbacks.sweep_summary`` in ``conf/config.yaml``). At the end of a
+multirun it reads each job folder's ``results.json`` (or ``failed.json``, written when a job failed — the
+sweep goes on) and ``.hydra/overrides.yaml``, and writes into the sweep folder::
+
+    sweep_summary.csv   sweep_summary.md   sweep_heatmap.png
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from vwl_lightning.utils.io import atomic_path, read_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+FAILED = "failed.json"
+METRICS = ("cam_seed_miou_best", "cam_seed_miou_configured", "pseudo_mask_miou", "segmenter_miou",
+           "segmenter_miou_crf")
+ROW_KEY = "model.codebook.size"
+COLUMN_KEY = "model.pool.gamma"
+
+
+def _overrides(job_dir: Path) -> dict[str, str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    items = yaml.safe_load(path.read_text()) or []
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder: its overrides, status, metrics (or error)."""
+    rows = []
+    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+                          key=lambda p: (len(p.name), p.name)):
+        row: dict[str, Any] = {"job": job_dir.name, **_overrides(job_dir)}
+        if (job_dir / RESULTS).is_file():
+            results = read_json(job_dir / RESULTS)
+            row["status"] = "ok"
+            row.update({k: results.get(k) for k in METRICS})
+        elif (job_dir / FAILED).is_file():
+            row["status"] = "failed"
+            row["error"] = read_json(job_dir / FAILED).get("error", "")
+        else:
+            row["status"] = "incomplete"
+        rows.append(row)
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    return columns
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def write_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    columns = _columns(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(sweep_dir / "sweep_summary.csv", buffer.getvalue())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    write_text_atomic(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n")
+
+
+def heatmap_grid(rows: list[dict[str, Any]], metric: str = "cam_seed_miou_best"
+                 ) -> tuple[list[float], list[float], np.ndarray] | None:
+    """(K values, γ values, grid of ``metric``; NaN where a job failed) or None if the knobs were not swept."""
+    jobs = [r for r in rows if ROW_KEY in r and COLUMN_KEY in r]
+    if not jobs:
+        return None
+    ks = sorted({float(r[ROW_KEY]) for r in jobs})
+    gammas = sorted({float(r[COLUMN_KEY]) for r in jobs})
+    grid = np.full((len(ks), len(gammas)), np.nan)
+    for r in jobs:
+        if r.get(metric) is not None:
+            grid[ks.index(float(r[ROW_KEY])), gammas.index(float(r[COLUMN_KEY]))] = float(r[metric])
+    return ks, gammas, grid
+
+
+def plot_heatmap(path: Path, ks: list[float], gammas: list[float], grid: np.ndarray, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.2 * len(gammas) + 2.5, 0.8 * len(ks) + 1.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(100 * grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(gammas)), [f"{g:g}" for g in gammas])
+    ax.set_yticks(range(len(ks)), [f"{k:g}" for k in ks])
+    ax.set_xlabel("pooling weight γ (model.pool.gamma)")
+    ax.set_ylabel("codebook size K (model.codebook.size)")
+    ax.set_title(title)
+    for i in range(len(ks)):
+        for j in range(len(gammas)):
+            text = "failed" if np.isnan(grid[i, j]) else f"{100 * grid[i, j]:.1f}"
+            ax.text(j, i, text, ha="center", va="center", color="white", fontsize=9)
+    fig.colorbar(image, ax=ax, label="mIoU (%)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write the summary files of ``sweep_dir`` and return the rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_jobs(sweep_dir)
+    if not rows:
+        return rows
+    write_table(sweep_dir, rows)
+    grid = heatmap_grid(rows)
+    if grid is not None:
+        plot_heatmap(sweep_dir / "sweep_heatmap.png", *grid, title="CAM seed mIoU (best background score)")
+    failed = [r["job"] for r in rows if r["status"] != "ok"]
+    log.info("sweep summary: %d jobs, %d not ok %s -> %s", len(rows), len(failed), failed,
+             sweep_dir / "sweep_summary.md")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: :func:`summarise_sweep` at the end of every multirun."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarise_sweep(config.hydra.sweep.dir)
+
+
+def record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Write ``failed.json`` for a job of a sweep that raised, so the summary lists it."""
+    import traceback
+
+    from vwl_lightning.utils.io import write_json_atomic
+
+    write_json_atomic(run_dir / FAILED, {"error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc()})
+    log.error("job failed (recorded in %s): %s", run_dir / FAILED, exc)

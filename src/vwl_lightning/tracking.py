@@ -1,0 +1,142 @@
+"""Weights & Biases for every stage: one W&B run per stage (``job_type`` = stage, ``group`` = experiment),
+offline when there is no API key or no network, finished at the end of the stage so that multirun jobs
+and stages stay separate runs. ``logger.kind=csv|none`` turn all of this off.
+
+What is logged beyond Lightning's scalars: CAM overlays and seed / pseudo / predicted masks as
+``wandb.Image`` with masks and class labels (at most ``logger.max_images`` per epoch or stage), per-class
+IoU as a ``wandb.Table``, the background-score curve, and (optionally) checkpoints and stage manifests as
+artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vwl_lightning.errors import ConfigError
+
+MODES = ("offline", "online", "disabled")
+
+
+def wandb_mode(logger_cfg: Mapping[str, Any]) -> str:
+    """``online`` only when asked for and an API key is present (``WANDB_MODE`` wins); else ``offline``."""
+    mode = os.environ.get("WANDB_MODE") or str(logger_cfg.get("mode", "offline"))
+    if mode not in MODES:
+        raise ConfigError(f"logger.mode must be one of {MODES}, got {mode!r}")
+    if mode == "online" and not (os.environ.get("WANDB_API_KEY") or Path.home().joinpath(".netrc").is_file()):
+        return "offline"
+    return mode
+
+
+def uses_wandb(logger_cfg: Mapping[str, Any]) -> bool:
+    return logger_cfg.get("kind") == "wandb" and wandb_mode(logger_cfg) != "disabled"
+
+
+def init_kwargs(logger_cfg: Mapping[str, Any], stage: str, group: str, save_dir: Path) -> dict[str, Any]:
+    """Arguments of ``wandb.init`` (and ``WandbLogger``) for one stage."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "project": str(logger_cfg.get("project", "vwl_lightning")),
+        "entity": logger_cfg.get("entity"),
+        "group": group,
+        "job_type": stage,
+        "name": f"{group}/{stage}",
+        "tags": [str(t) for t in logger_cfg.get("tags", [])],
+        "dir": str(save_dir),
+        "mode": wandb_mode(logger_cfg),
+        "reinit": "finish_previous",
+    }
+
+
+@contextlib.contextmanager
+def stage_run(logger_cfg: Mapping[str, Any], stage: str, group: str, save_dir: Path,
+              config: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """A W&B run for a stage that has no Lightning trainer (seeds, pseudo labels); ``None`` when W&B is off."""
+    if not uses_wandb(logger_cfg):
+        yield None
+        return
+    import wandb
+
+    run = wandb.init(config=dict(config or {}), **init_kwargs(logger_cfg, stage, group, save_dir))
+    try:
+        yield run
+    finally:
+        run.finish()
+
+
+def finish_active_run() -> None:
+    """End the W&B run a ``WandbLogger`` started, so the next stage or multirun job opens its own."""
+    try:
+        import wandb
+    except ImportError:  # pragma: no cover - wandb is a dependency
+        return
+    if wandb.run is not None:
+        wandb.run.finish()
+
+
+def denormalise(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+                ) -> np.ndarray:
+    """CHW normalised float → HWC uint8 for display."""
+    hwc = np.transpose(image, (1, 2, 0)) * np.asarray(std) + np.asarray(mean)
+    return (np.clip(hwc, 0, 1) * 255).astype(np.uint8)
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a [0, 1] CAM (H, W), drawn with the jet colour map, over an HWC uint8 image."""
+    from matplotlib import colormaps
+
+    heat = (colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
+    return ((1 - alpha) * image.astype(np.float32) + alpha * heat).astype(np.uint8)
+
+
+def wandb_image(image: np.ndarray, caption: str = "") -> Any:
+    import wandb
+
+    return wandb.Image(image, caption=caption)
+
+
+def mask_image(image: np.ndarray, class_names: Sequence[str], caption: str = "",
+               **masks: np.ndarray | None) -> Any:
+    """``wandb.Image`` of ``image`` with one mask layer per keyword (e.g. prediction=..., ground_truth=...)."""
+    import wandb
+
+    labels = {i: name for i, name in enumerate(class_names)}
+    labels[255] = "ignore"
+    layers = {name: {"mask_data": np.asarray(m, dtype=np.uint8), "class_labels": labels}
+              for name, m in masks.items() if m is not None}
+    return wandb.Image(image, masks=layers, caption=caption)
+
+
+def log_report(run: Any, metrics: Mapping[str, Any], prefix: str) -> None:
+    """Headline numbers, the per-class IoU table and (for seeds) the background-score curve."""
+    import wandb
+
+    headline = {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        table = wandb.Table(columns=["class", "iou", "precision", "recall"])
+        for name, row in per_class.items():
+            table.add_data(name, row.get("iou"), row.get("precision"), row.get("recall"))
+        headline[f"{prefix}/per_class_iou"] = table
+    curve = metrics.get("curve")
+    if curve:
+        table = wandb.Table(columns=["bg_score", "miou"], data=[[c["bg_score"], c["miou"]] for c in curve])
+        headline[f"{prefix}/bg_score_curve"] = wandb.plot.line(table, "bg_score", "miou",
+                                                               title="seed mIoU vs background score")
+    run.log(headline)
+    run.summary.update({k: v for k, v in headline.items() if isinstance(v, (int, float))})
+
+
+def log_artifact(run: Any, path: Path, name: str, kind: str) -> None:
+    """Attach a file (checkpoint, manifest) to the run as a W&B artifact."""
+    import wandb
+
+    artifact = wandb.Artifact(name=name.replace("/", "-"), type=kind)
+    artifact.add_file(str(path))
+    run.log_artifact(artifact)
