@@ -25,7 +25,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment: str, make_config) -> None:
-    cfg = make_config(f"+experiment={experiment}", tiny=False)
+    cfg = make_config(f"+experiment={experiment}", "model.backbone.pretrained=none", tiny=False)
     OmegaConf.to_container(cfg.model, resolve=True)  # every interpolation resolves
     module = build_module(cfg, num_foreground=5, class_names=[f"c{i}" for i in range(6)])
     kind = cfg.model.codebook.kind

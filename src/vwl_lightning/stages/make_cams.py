@@ -37,7 +37,7 @@ from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
 from vwl_lightning.data.voc import VOCLayout, load_rgb
 from vwl_lightning.errors import ConfigError, DataError
-from vwl_lightning.models.backbone import sha256_of
+from vwl_lightning.models.backbone import sha256_of, weights_from_checkpoint
 from vwl_lightning.models.classifier import VWLClassifier
 from vwl_lightning.stages.classifier import ClassifierModule
 from vwl_lightning.utils.io import read_json, write_json_atomic
@@ -192,7 +192,8 @@ def resolve_checkpoint(cam_cfg: Any) -> Path:
 def load_classifier(path: Path) -> ClassifierModule:
     """Load our classifier checkpoint; anything else is reported as a foreign checkpoint."""
     try:
-        return ClassifierModule.load_from_checkpoint(path, map_location="cpu")
+        with weights_from_checkpoint():  # the checkpoint holds every weight: no hub, no weight file
+            return ClassifierModule.load_from_checkpoint(path, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
         raise DataError(f"{path}: not a vwl_lightning classifier checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None
