@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 FAILED = "failed.json"
-METRICS = ("cam_seed_miou_best", "cam_seed_miou_configured", "pseudo_mask_miou", "segmenter_miou",
-           "segmenter_miou_crf")
+METRICS = ("cam_seed_miou_best", "cam_seed_miou_configured", "pseudo_mask_miou", "segmenter_val_miou",
+           "segmenter_val_miou_crf")
 ROW_KEY = "model.codebook.size"
 COLUMN_KEY = "model.pool.gamma"
 
