@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import QUIET_TRAINER, TINY_DATA
+from conftest import QUIET_TRAINER, TINY_DATA
 from vwl_lightning.ablation import MEASURES, aggregate, main
 
 
