@@ -1,9 +1,10 @@
-"""The pipeline: classifier → CAMs → seed evaluation → CRF pseudo masks (→ segmenter), each stage in its
-own folder under ``run_dir`` with a manifest (written last).
+"""The pipeline: classifier → CAMs → seed evaluation → CRF pseudo masks → segmenter (trained on the pseudo
+masks, evaluated on val without and with CRF), each stage in its own folder under ``run_dir`` with a
+manifest (written last).
 
 Running again in the same ``run_dir`` skips the stages whose manifest is complete and resumes the one
 that was interrupted. ``stage=<name>`` runs one stage alone, reading the folder of the stage before it
-(``cam.classifier_dir``, ``seeds.cam_dir``, ``pseudo.cam_dir``, ...).
+(``cam.classifier_dir``, ``seeds.cam_dir``, ``pseudo.cam_dir``, ``segmenter.pseudo_dir``).
 """
 
 from __future__ import annotations
@@ -91,13 +92,24 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     return {"mask_dir": done["mask_dir"], "metrics": done.get("metrics")}
 
 
+def run_segmenter(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
+    from vwl_lightning.stages.train_segmenter import train_segmenter
+
+    summary = train_segmenter(cfg, data)
+    crf = summary.get("miou_crf")
+    print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {summary['miou']:.4f}"
+          + (f", with CRF {crf:.4f}" if crf is not None else "") + f" -> {summary['stage_dir']}")
+    return summary
+
+
 STAGES: dict[str, Callable[[DictConfig, ResolvedData], dict[str, Any]]] = {
     "classifier": run_classifier,
     "cams": run_cams,
     "seeds": run_seeds,
     "pseudo": run_pseudo,
+    "segmenter": run_segmenter,
 }
-PIPELINE = ("classifier", "cams", "seeds", "pseudo")
+PIPELINE = ("classifier", "cams", "seeds", "pseudo", "segmenter")
 
 
 def record_time(run_dir: Path, stage: str, seconds: float) -> None:
@@ -126,12 +138,15 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     timings = read_json(run_dir / TIMINGS) if (run_dir / TIMINGS).is_file() else {}
     seeds = results.get("seeds", {})
     pseudo = (results.get("pseudo") or {}).get("metrics") or {}
+    segmenter = results.get("segmenter") or {}
     headline = {
         "cam_seed_miou_best": seeds.get("best_miou"),
         "cam_seed_best_bg_score": seeds.get("best_bg_score"),
         "cam_seed_miou_configured": seeds.get("miou_at_configured"),
         "cam_seed_configured_bg_score": seeds.get("configured_bg_score"),
         "pseudo_mask_miou": pseudo.get("miou"),
+        "segmenter_val_miou": segmenter.get("miou"),
+        "segmenter_val_miou_crf": segmenter.get("miou_crf"),
         "stage_seconds": timings,
     }
     write_json_atomic(run_dir / "results.json", headline)

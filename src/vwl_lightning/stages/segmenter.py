@@ -1,0 +1,419 @@
+"""Stage 3: DeepLabV2 trained on the pseudo masks as a LightningModule, with its data (spec §7).
+
+Loss: pixel-wise cross-entropy with 255 ignored, averaged over the network's outputs (one without MSC,
+the four MSC outputs with it)::
+
+    L = 1/|O| Σ_{o∈O} Σ_{p: y_p≠255} −log softmax(o_p)[y_p] / #{p: y_p≠255}
+
+``loss.resolution`` says where the comparison happens: ``labels`` upsamples each output bilinearly to the
+label size (the usual choice, sharper on small images); ``logits`` resizes the labels (nearest) to each
+output's size, as deeplab-pytorch does (spec §7 [DL]).
+
+Optimiser (spec §7): SGD with momentum, weight decay and the poly schedule lr_t = lr_0 (1 − t/T)^0.9 per
+step.  Parameter groups, ``optim.lr_grouping``:
+
+* ``corrected`` (default; DeepLab's own recipe): backbone at 1×, ASPP weights at 10×, ASPP biases at 20×
+  (weight decay ``optim.aspp_bias_weight_decay``, 0 in DeepLab).
+* ``faithful`` (the code VWL used, spec §7 "Quirk"): the 10×/20× groups look for a module named ``conv8``
+  that DeepLabV2 lacks, so every conv weight (backbone and ASPP) trains at 1× and the ASPP biases are in
+  no group: they never move from their initial 0 (here they are also marked ``requires_grad=False``).
+
+``optim.train_bn``: whether BatchNorm γ/β train (in the backbone group).  DeepLab freezes BN entirely
+(statistics and affine); the CPU benchmark trains from scratch and so trains them.
+
+Validation: the mIoU of the test-time logits (bilinearly upsampled, argmax) against the val ground truth
+with :class:`~vwl_lightning.metrics.SegmentationConfusion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vwl_lightning.data.datamodule import collate, per_device_batch
+from vwl_lightning.data.meta import IGNORE_INDEX
+from vwl_lightning.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    normalise,
+    random_crop,
+    resize_long_side,
+    to_tensors,
+)
+from vwl_lightning.data.voc import SegmentationDataset, VOCLayout
+from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.metrics import SegmentationConfusion
+from vwl_lightning.models.deeplab import DeepLabV2, build_deeplab
+from vwl_lightning.optim import build_sgd, poly_lambda, trainable
+
+LR_GROUPINGS = ("corrected", "faithful")
+LOSS_RESOLUTIONS = ("labels", "logits")
+MASKS_SUBDIR = "masks"
+
+
+# ----------------------------------------------------------------------------------------------- optimiser
+
+
+def freeze_for_grouping(model: DeepLabV2, grouping: str, train_bn: bool) -> None:
+    """Mark what the chosen recipe never updates as ``requires_grad=False`` (module docstring).
+
+    ``faithful``: the ASPP biases (in no optimiser group in the original); ``train_bn=False``: every
+    BatchNorm γ/β of the backbone.
+    """
+    if grouping not in LR_GROUPINGS:
+        raise ConfigError(f"segmenter.optim.lr_grouping must be one of {LR_GROUPINGS}, got {grouping!r}")
+    if grouping == "faithful":
+        for conv in model.aspp.branches:
+            conv.bias.requires_grad_(False)
+    if not train_bn:
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
+
+
+def segmenter_param_groups(model: DeepLabV2, grouping: str, lr_mults: Mapping[str, float],
+                           aspp_bias_weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """Parameter groups for :func:`~vwl_lightning.optim.build_sgd` (spec §7; module docstring).
+
+    ``corrected``: ``backbone`` (lr × ``lr_mults.backbone``), ``aspp_weight`` (× ``aspp_weight``),
+    ``aspp_bias`` (× ``aspp_bias``, weight decay ``aspp_bias_weight_decay`` or the global one if None).
+    ``faithful``: one group ``conv_1x`` holding every trainable backbone parameter and the ASPP weights at 1×.
+    """
+    if grouping not in LR_GROUPINGS:
+        raise ConfigError(f"segmenter.optim.lr_grouping must be one of {LR_GROUPINGS}, got {grouping!r}")
+    aspp_weights = trainable(conv.weight for conv in model.aspp.branches)
+    aspp_biases = trainable(conv.bias for conv in model.aspp.branches)
+    backbone = trainable(model.backbone.parameters())
+    if grouping == "faithful":
+        return [{"name": "conv_1x", "params": backbone + aspp_weights, "lr_mult": 1.0}]
+    for key in ("backbone", "aspp_weight", "aspp_bias"):
+        if key not in lr_mults or float(lr_mults[key]) <= 0:
+            raise ConfigError(f"segmenter.optim.lr_mults.{key} must be a positive number, "
+                              f"got {lr_mults.get(key)!r}")
+    bias_group: dict[str, Any] = {"name": "aspp_bias", "params": aspp_biases,
+                                  "lr_mult": float(lr_mults["aspp_bias"])}
+    if aspp_bias_weight_decay is not None:
+        bias_group["weight_decay"] = float(aspp_bias_weight_decay)
+    return [
+        {"name": "backbone", "params": backbone, "lr_mult": float(lr_mults["backbone"])},
+        {"name": "aspp_weight", "params": aspp_weights, "lr_mult": float(lr_mults["aspp_weight"])},
+        bias_group,
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------ loss
+
+
+def segmentation_loss(outputs: Sequence[torch.Tensor], masks: torch.Tensor, resolution: str = "labels",
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy with ``ignore_index`` averaged over ``outputs`` (module docstring).
+
+    A batch whose labels are all ignored contributes 0 (not NaN).
+    """
+    if resolution not in LOSS_RESOLUTIONS:
+        raise ConfigError(f"segmenter.loss.resolution must be one of {LOSS_RESOLUTIONS}, got {resolution!r}")
+    total = outputs[0].new_zeros(())
+    for logits in outputs:
+        if resolution == "labels":
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            target = masks
+        else:
+            target = F.interpolate(masks[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+        valid = (target != ignore_index).sum().clamp(min=1)
+        total = total + F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum") / valid
+    return total / len(outputs)
+
+
+# ----------------------------------------------------------------------------------------------- the module
+
+
+class SegmenterModule(pl.LightningModule):
+    """Trains :class:`~vwl_lightning.models.deeplab.DeepLabV2` on pseudo masks (module docstring).
+
+    Args:
+        num_classes: classes including background.
+        backbone, aspp, msc: sub-configs of :func:`~vwl_lightning.models.deeplab.build_deeplab`.
+        loss: ``resolution`` (labels | logits).
+        optim: ``lr``, ``momentum``, ``weight_decay``, ``poly_power``, ``lr_grouping``, ``lr_mults``,
+            ``aspp_bias_weight_decay``, ``train_bn``.
+        init_checkpoint: optional DeepLabV2 state dict to start from (e.g. a COCO-trained model).
+        backbone_init: optional classifier stage folder or classifier checkpoint whose trunk initialises the
+            backbone (the embedded benchmark's stand-in for ImageNet weights, see conf/segmenter/synthetic.yaml).
+        channels_last: run the network in channels-last memory format.
+        class_names: for logs and reports.
+    """
+
+    def __init__(self, num_classes: int, backbone: dict, aspp: dict, msc: dict, loss: dict, optim: dict,
+                 init_checkpoint: str | None = None, backbone_init: str | None = None, channels_last: bool = False,
+                 class_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_deeplab(num_classes, backbone, aspp, msc)
+        if backbone_init:
+            load_classifier_backbone(self.model, backbone_init)
+        if init_checkpoint:
+            load_init_checkpoint(self.model, init_checkpoint)
+        self.optim_cfg = dict(optim)
+        freeze_for_grouping(self.model, str(optim.get("lr_grouping", "corrected")), bool(optim.get("train_bn", True)))
+        self.loss_resolution = str(loss.get("resolution", "labels"))
+        if self.loss_resolution not in LOSS_RESOLUTIONS:
+            raise ConfigError(f"segmenter.loss.resolution must be one of {LOSS_RESOLUTIONS}, "
+                              f"got {self.loss_resolution!r}")
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.val_conf = SegmentationConfusion(num_classes)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def compute_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch (every MSC output when MSC is on)."""
+        return segmentation_loss(self.model.outputs(self._prepare(images)), masks, self.loss_resolution)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Test-time logits upsampled (bilinear) to the input size."""
+        logits = self.model(self._prepare(images)).float()
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch["image"], batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        prediction = self.predict_logits(batch["image"]).argmax(dim=1)
+        self.val_conf.update(prediction, batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/mIoU", self.val_conf.scores()["miou"], prog_bar=True)
+        self.val_conf.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim_cfg
+        bias_wd = o.get("aspp_bias_weight_decay")
+        groups = segmenter_param_groups(self.model, str(o.get("lr_grouping", "corrected")),
+                                        dict(o.get("lr_mults") or {}),
+                                        None if bias_wd is None else float(bias_wd))
+        optimizer = build_sgd(groups, lr=float(o["lr"]), momentum=float(o["momentum"]),
+                              weight_decay=float(o["weight_decay"]))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, float(o["poly_power"])))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_classifier_backbone(model: DeepLabV2, source: str) -> Path:
+    """Copy the trunk of a classifier checkpoint (``model.backbone.*``) into ``model.backbone``.
+
+    ``source`` is a classifier stage folder (its manifest names the checkpoint) or a checkpoint file.  The
+    classifier's trunk has the same modules and shapes (only strides/dilations differ, which hold no
+    weights); every backbone tensor must be found with the same shape.  Returns the checkpoint path.
+    """
+    from vwl_lightning.utils.manifest import read_manifest
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise DataError(f"segmenter.backbone_init {path}: no completed classifier stage there "
+                            f"(manifest.json missing); train it first or set segmenter.backbone_init=null")
+        path = Path(manifest["checkpoint"])
+    if not path.is_file():
+        raise DataError(f"segmenter.backbone_init {path}: classifier checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+        raise DataError(f"{path}: cannot read as a checkpoint ({type(exc).__name__})") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else {}
+    trunk = {k.removeprefix("model.backbone."): v for k, v in state.items() if k.startswith("model.backbone.")}
+    own = model.backbone.state_dict()
+    bad = [k for k, v in own.items() if k not in trunk or trunk[k].shape != v.shape]
+    if bad:
+        raise DataError(f"{path}: its classifier trunk does not match segmenter.backbone (e.g. {bad[0]}); "
+                        f"use the same backbone name and model_kwargs as the classifier")
+    model.backbone.load_state_dict({k: trunk[k] for k in own})
+    return path
+
+
+def load_init_checkpoint(model: DeepLabV2, path: str) -> None:
+    """Initialise from a DeepLabV2 state dict in this package's key layout (``backbone.*``, ``aspp.*``;
+    a Lightning checkpoint's ``model.`` prefix is stripped).  ASPP tensors whose shape differs (another
+    number of classes) are skipped; every backbone tensor must match."""
+    from vwl_lightning.models.backbone import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    backbone_missing = [k for k in own if k.startswith("backbone.") and k not in state]
+    mismatched = [k for k in own if k.startswith("backbone.") and k in state and state[k].shape != own[k].shape]
+    if backbone_missing or mismatched:
+        raise DataError(f"{path}: not a DeepLabV2 checkpoint of this backbone (segmenter.init_checkpoint): "
+                        f"missing {backbone_missing[:3]}, shape mismatch {mismatched[:3]}")
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(usable, strict=False)
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class ScaleCropTransform:
+    """deeplab-pytorch's training augmentation (spec §7): rescale by a factor drawn uniformly from
+    ``scales`` (bicubic image, nearest mask), horizontal flip with p = 0.5, normalise, then a random
+    ``crop_size`` crop, padding the image with 0 after normalisation (= the mean colour) and the mask with 255.
+    """
+
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    crop_size: int = 321
+    hflip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(float(s) for s in self.scales)
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"segmenter.train_transform.scales must be positive numbers, got {list(self.scales)}")
+        if self.crop_size <= 0:
+            raise ConfigError(f"segmenter.train_transform.crop_size must be > 0, got {self.crop_size}")
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        scale = self.scales[int(torch.randint(len(self.scales), ()).item())]
+        if scale != 1.0:
+            image, mask = resize_long_side(image, mask, max(1, round(max(image.shape[:2]) * scale)))
+        if self.hflip and torch.rand(()) < 0.5:
+            image = image[:, ::-1]
+            mask = mask[:, ::-1] if mask is not None else None
+        image, mask = random_crop(normalise(image, self.mean, self.std), mask, self.crop_size)
+        return to_tensors(image, mask)
+
+
+class CheckedMasks(Dataset):
+    """A :class:`SegmentationDataset` whose masks must hold 0..C-1 or 255 (DataError naming the file)."""
+
+    def __init__(self, dataset: SegmentationDataset, num_classes: int, what: str) -> None:
+        self.dataset = dataset
+        self.num_classes = num_classes
+        self.what = what
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        mask = item["mask"]
+        bad = (mask != IGNORE_INDEX) & ((mask < 0) | (mask >= self.num_classes))
+        if bool(bad.any()):
+            values = sorted({int(v) for v in mask[bad].flatten()[:1000].tolist()})[:5]
+            raise DataError(f"{self.dataset.mask_path(item['id'])}: {self.what} values {values} are outside "
+                            f"0..{self.num_classes - 1} and {IGNORE_INDEX}")
+        return item
+
+
+class SegmenterDataModule(pl.LightningDataModule):
+    """Training: images with pseudo masks from ``mask_root`` (:class:`ScaleCropTransform`); validation:
+    images with their ground truth (``EvalTransform(eval_size)``: long side resized, padded with 255).
+
+    ``batch_size`` is the **global** batch; each device gets ``batch_size / world_size``.
+    """
+
+    def __init__(self, layout: VOCLayout, mask_root: Path, num_classes: int, train_split: str, val_split: str,
+                 batch_size: int, eval_batch_size: int, num_workers: int, train_transform: dict,
+                 eval_size: int, pin_memory: bool = False) -> None:
+        super().__init__()
+        self.layout, self.mask_root, self.num_classes = layout, Path(mask_root), num_classes
+        self.train_split, self.val_split = train_split, val_split
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.train_transform = ScaleCropTransform(**{k: tuple(v) if isinstance(v, list) else v
+                                                     for k, v in train_transform.items()})
+        self.eval_transform = EvalTransform(size=eval_size, mean=self.train_transform.mean,
+                                            std=self.train_transform.std)
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        self.device_batch = per_device_batch(self.batch_size, world, "segmenter.batch_size")
+        self.device_eval_batch = max(1, self.eval_batch_size // world)
+        self.train_set = CheckedMasks(SegmentationDataset(self.layout, self.train_split, self.train_transform,
+                                                          mask_root=self.mask_root), self.num_classes,
+                                      "pseudo-mask")
+        self.val_set = CheckedMasks(SegmentationDataset(self.layout, self.val_split, self.eval_transform),
+                                    self.num_classes, "ground-truth")
+
+    def _loader(self, dataset: Dataset, batch: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, collate_fn=collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.device_batch, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.device_eval_batch, shuffle=False, drop_last=False)
+
+
+# -------------------------------------------------------------------------------------- pseudo-mask checks
+
+
+def resolve_mask_dir(pseudo_dir: str | Path) -> Path:
+    """The folder of ``<id>.png`` pseudo masks: ``<pseudo_dir>/masks`` (the pseudo stage's layout) when
+    it exists, else ``pseudo_dir`` itself.  DataError when the folder does not exist."""
+    folder = Path(pseudo_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"segmenter.pseudo_dir {folder}: pseudo-mask folder not found; run the pseudo stage "
+                        f"first or point segmenter.pseudo_dir at a folder of <image id>.png masks")
+    sub = folder / MASKS_SUBDIR
+    return sub if sub.is_dir() else folder
+
+
+def _png_header(path: Path) -> tuple[tuple[int, int], str]:
+    try:
+        with Image.open(path) as image:
+            return (image.height, image.width), image.mode
+    except (OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read pseudo mask ({exc})") from None
+
+
+def check_pseudo_masks(mask_dir: Path, layout: VOCLayout, split: str) -> int:
+    """Before training: every image of ``split`` has a palette/grey ``<id>.png`` in ``mask_dir`` of the
+    image's size.  Reads headers only.  Returns the number of masks checked; DataError names the problem
+    (empty folder, first missing mask with an example of what is there instead, first size mismatch)."""
+    found = sorted(p.name for p in mask_dir.glob("*.png") if not p.name.startswith(".tmp-"))
+    if not found:
+        raise DataError(f"{mask_dir}: pseudo-mask folder is empty (no <image id>.png files); "
+                        f"run the pseudo stage or set segmenter.pseudo_dir")
+    ids = layout.split_ids(split)
+    have = set(found)
+    missing = [i for i in ids if f"{i}.png" not in have]
+    if missing:
+        wanted = {f"{i}.png" for i in ids}
+        strays = [name for name in found if name not in wanted]
+        example = f"; the folder holds e.g. '{strays[0]}', which names no image of the split" if strays else ""
+        raise DataError(f"{mask_dir / (missing[0] + '.png')}: no pseudo mask for image '{missing[0]}' of split "
+                        f"'{split}' ({len(missing)} of {len(ids)} images have none){example}")
+    from vwl_lightning.stages.make_cams import image_size
+
+    for image_id in ids:
+        path = mask_dir / f"{image_id}.png"
+        size, mode = _png_header(path)
+        if mode not in ("P", "L"):
+            raise DataError(f"{path}: a pseudo mask must be a palette (P) or grey (L) PNG of class indices, "
+                            f"got mode {mode}")
+        expected = image_size(layout.image_path(image_id))
+        if size != expected:
+            raise DataError(f"{path}: pseudo mask size {size[1]}x{size[0]} differs from its image's "
+                            f"{expected[1]}x{expected[0]} ({layout.image_path(image_id)})")
+    return len(ids)
