@@ -126,11 +126,25 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for name in names:
-        log.info("stage %s: starting (run dir %s)", name, run_dir)
+        finished = is_complete(name, cfg)
+        log.info("stage %s: %s (run dir %s)", name, "complete, skipping" if finished else "starting", run_dir)
         start = time.perf_counter()
         results[name] = STAGES[name](cfg, data)
-        record_time(run_dir, name, time.perf_counter() - start)
+        if not finished:  # a skipped stage keeps the time of the run that did its work
+            record_time(run_dir, name, time.perf_counter() - start)
     return results
+
+
+def stage_dir(name: str, cfg: DictConfig) -> Path:
+    """The folder a stage writes (its manifest marks it complete)."""
+    folders = {"classifier": Path(str(cfg.run_dir)) / "classifier", "cams": Path(str(cfg.cam.out_dir)),
+               "seeds": Path(str(cfg.seeds.out_dir)), "pseudo": Path(str(cfg.pseudo.out_dir)),
+               "segmenter": Path(str(cfg.segmenter.out_dir))}
+    return folders[name]
+
+
+def is_complete(name: str, cfg: DictConfig) -> bool:
+    return read_manifest(stage_dir(name, cfg)) is not None
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:

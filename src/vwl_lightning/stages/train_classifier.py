@@ -19,13 +19,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from vwl_lightning.data.datamodule import ClassificationDataModule
 from vwl_lightning.logging_setup import build_logger
 from vwl_lightning.stages.classifier import ClassifierModule
 from vwl_lightning.tracking import finish_active_run, log_artifact
+from vwl_lightning.utils.checkpoints import rolling_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,12 @@ def train_classifier(cfg: DictConfig) -> Path:
     datamodule = build_datamodule(cfg)
     meta = datamodule.data.meta
     module = build_module(cfg, meta.num_foreground, list(meta.class_names))
-    checkpoints = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0)
+    checkpoints = rolling_checkpoint(stage_dir, cfg.model.get("checkpoint_every_n_steps"))
     trainer = build_trainer(cfg, stage_dir, STAGE, int(cfg.model.max_epochs), [checkpoints])
     resume = stage_dir / "checkpoints" / "last.ckpt"
-    log.info("classifier: training, outputs in %s%s", stage_dir,
-             f" (resuming from {resume})" if resume.is_file() else "")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+    resumed = resume.is_file()
+    log.info("classifier: training, outputs in %s%s", stage_dir, f" (resuming from {resume})" if resumed else "")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resumed else None)
     # every rank takes part in save_checkpoint; rank 0 writes, then renames (atomic)
     partial = stage_dir / f".tmp-{FINAL_CHECKPOINT}"
     trainer.save_checkpoint(partial, weights_only=True)
@@ -88,7 +88,9 @@ def train_classifier(cfg: DictConfig) -> Path:
         os.replace(partial, final)
         write_manifest(stage_dir, STAGE, checkpoint=str(final), data_root=str(datamodule.data.layout.root),
                        dataset=meta.name, class_names=list(meta.class_names), metrics=metrics,
-                       epochs=trainer.current_epoch, config=OmegaConf.to_container(cfg, resolve=True))
+                       epochs=trainer.current_epoch, global_step=trainer.global_step,
+                       resumed_from=str(resume) if resumed else None,
+                       config=OmegaConf.to_container(cfg, resolve=True))
         if isinstance(trainer.logger, WandbLogger) and cfg.logger.get("log_artifacts", False):
             log_artifact(trainer.logger.experiment, final, f"{cfg.name}-classifier", "model")
             log_artifact(trainer.logger.experiment, stage_dir / "manifest.json", f"{cfg.name}-classifier-manifest",

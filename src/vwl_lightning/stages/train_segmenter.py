@@ -40,7 +40,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -60,6 +59,7 @@ from vwl_lightning.stages.segmenter import (
     check_pseudo_masks,
     resolve_mask_dir,
 )
+from vwl_lightning.utils.checkpoints import rolling_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -123,18 +123,6 @@ def build_datamodule(cfg: DictConfig, data: ResolvedData, mask_dir: Path) -> Seg
         num_workers=int(s.num_workers), train_transform=OmegaConf.to_container(s.train_transform, resolve=True),
         eval_size=int(s.val.eval_size), pin_memory=bool(cfg.data.pin_memory),
     )
-
-
-def rolling_checkpoint(stage_dir: Path, every_n_steps: int | None) -> ModelCheckpoint:
-    """``checkpoints/last.ckpt``, overwritten every epoch (or every ``every_n_steps`` steps): the resume point.
-
-    Lightning 2.6 writes ``save_last`` only after a top-k save, and with ``save_top_k=0`` that means only when
-    training ends, which is useless after a kill; a single un-monitored top-1 checkpoint named ``last``
-    (no version counter) is overwritten at every save instead.
-    """
-    every = {"every_n_train_steps": int(every_n_steps)} if every_n_steps else {"every_n_epochs": 1}
-    return ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                           save_last=False, enable_version_counter=False, save_on_train_epoch_end=True, **every)
 
 
 def build_trainer(cfg: DictConfig, stage_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:

@@ -1,0 +1,47 @@
+"""A classifier run killed during training continues from its last checkpoint when started again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from vwl_lightning.stages.train_classifier import train_classifier
+from vwl_lightning.utils.manifest import read_manifest
+
+TINY = [*TINY_DATA, *QUIET_TRAINER, "model.codebook.size=8", "model.backbone.model_kwargs.channels=[8,16,32,64]"]
+
+
+def test_killed_classifier_resumes_from_its_last_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    stage = run_dir / "classifier"
+    last = stage / "checkpoints" / "last.ckpt"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vwl_lightning", "stage=classifier", f"run_dir={run_dir}",
+             f"paths.runs_dir={tmp_path}/hydra", f"paths.cache_dir={cache_dir}", *TINY, "model.max_epochs=200"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 300
+        while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # let the rename of the first checkpoint settle, then kill mid-epoch
+        proc.kill()
+        proc.wait()
+    assert last.is_file(), log.read_text()[-3000:]
+    assert read_manifest(stage) is None and not (stage / "classifier.ckpt").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)
+    steps_per_epoch = 48 // 8
+    assert killed_at["global_step"] == (killed_at["epoch"] + 1) * steps_per_epoch  # saved at an epoch's end
+    epochs = killed_at["epoch"] + 3
+    cfg = compose_config([*TINY, f"model.max_epochs={epochs}"], run_dir, cache_dir)
+    train_classifier(cfg)
+    manifest = read_manifest(stage)
+    assert manifest["resumed_from"] == str(last)
+    assert manifest["global_step"] == epochs * steps_per_epoch  # no epoch trained twice, none skipped
+    assert (stage / "classifier.ckpt").is_file()
