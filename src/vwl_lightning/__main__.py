@@ -41,13 +41,17 @@ def _hydra_main(cfg: DictConfig) -> object:
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return run(cfg)
+        result = run(cfg)
+        if cfg.get("optimized_metric"):  # the sweeper's objective
+            value = result.get(str(cfg.optimized_metric)) if isinstance(result, dict) else None
+            return float("nan") if value is None else float(value)
+        return result
     except VWLError as exc:
         if multirun:  # a sweep records the failed job and goes on with the others
             from vwl_lightning.sweep import record_failure
 
             record_failure(Path(str(cfg.run_dir)), exc)
-            return None
+            return float("nan") if cfg.get("optimized_metric") else None
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -57,7 +61,7 @@ def _hydra_main(cfg: DictConfig) -> object:
         from vwl_lightning.sweep import record_failure
 
         record_failure(Path(str(cfg.run_dir)), exc)
-        return None
+        return float("nan") if cfg.get("optimized_metric") else None
 
 
 def main() -> None:

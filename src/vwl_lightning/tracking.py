@@ -54,20 +54,31 @@ def init_kwargs(logger_cfg: Mapping[str, Any], stage: str, group: str, save_dir:
     }
 
 
+def log_masks(run: Any, key: str, images: Sequence[np.ndarray], class_names: Sequence[str],
+              **masks: Sequence[np.ndarray | None]) -> None:
+    """A list of ``wandb.Image`` with mask layers (one list per keyword, aligned with ``images``)."""
+    items = [mask_image(image, class_names, **{name: layers[i] for name, layers in masks.items()})
+             for i, image in enumerate(images)]
+    if items:
+        run.log({key: items})
+
+
 @contextlib.contextmanager
 def stage_run(logger_cfg: Mapping[str, Any], stage: str, group: str, save_dir: Path,
-              config: Mapping[str, Any] | None = None) -> Iterator[Any]:
+              config: Mapping[str, Any] | None = None, finish: bool = True) -> Iterator[Any]:
     """A W&B run for a stage that has no Lightning trainer (seeds, pseudo labels); ``None`` when W&B is off."""
     if not uses_wandb(logger_cfg):
         yield None
         return
     import wandb
 
-    run = wandb.init(config=dict(config or {}), **init_kwargs(logger_cfg, stage, group, save_dir))
+    # a stage trained with Lightning's WandbLogger still has its run open: add to it, then finish it
+    run = wandb.run or wandb.init(config=dict(config or {}), **init_kwargs(logger_cfg, stage, group, save_dir))
     try:
         yield run
     finally:
-        run.finish()
+        if finish:
+            run.finish()
 
 
 def finish_active_run() -> None:

@@ -116,7 +116,8 @@ class ClassifierModule(pl.LightningModule):
                       masks: torch.Tensor) -> None:
         """CAM overlays (strongest labelled class) and seed vs ground-truth masks, to W&B only."""
         count = min(int(self.hparams.log_images), images.shape[0])
-        if count <= 0 or not isinstance(self.logger, WandbLogger) or self.global_rank != 0:
+        if (count <= 0 or not isinstance(self.logger, WandbLogger) or self.global_rank != 0
+                or self.trainer.sanity_checking):
             return
         names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes + 1)]
         overlays, seeds = [], []

@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from vwl_lightning.cam_files import cam_path, cams_to_label, load_cam_file
+from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.source import ResolvedData, resolve_data
+from vwl_lightning.data.voc import load_rgb
 from vwl_lightning.errors import ConfigError
+from vwl_lightning.tracking import finish_active_run, log_artifact, log_masks, log_report, stage_run, uses_wandb
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
@@ -66,6 +70,9 @@ def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured") if k in metrics}
     summary["configured_bg_score"] = float(s.bg_score)
     write_manifest(out_dir, "seeds", cam_dir=str(s.cam_dir), split=s.split, metrics=summary)
+    track_stage(cfg, "seeds", out_dir, metrics, data, s.split,
+                seed=lambda i: cams_to_label(load_cam_file(cam_path(s.cam_dir, i)).high_res,
+                                             load_cam_file(cam_path(s.cam_dir, i)).keys, float(s.bg_score)))
     print(f"CAM seeds ({s.split}): mIoU {summary['miou_at_configured']:.4f} at bg {s.bg_score}, best "
           f"{summary['best_miou']:.4f} at bg {summary['best_bg_score']:.2f} -> {out_dir / 'metrics.md'}")
     return summary
@@ -89,17 +96,50 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
         metrics = done.get("metrics") or {}
         if "miou" in metrics:
             print(f"pseudo masks ({p.split}): mIoU {metrics['miou']:.4f} -> {out_dir}")
+        report = out_dir / "metrics.json"
+        track_stage(cfg, "pseudo", out_dir, read_json(report) if report.is_file() else {}, data, p.split,
+                    pseudo=lambda i: read_label_png(Path(done["mask_dir"]) / f"{i}.png"))
     return {"mask_dir": done["mask_dir"], "metrics": done.get("metrics")}
 
 
 def run_segmenter(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     from vwl_lightning.stages.train_segmenter import train_segmenter
 
+    finished = is_complete("segmenter", cfg)
     summary = train_segmenter(cfg, data)
+    if not finished:
+        seg_dir = stage_dir("segmenter", cfg)
+        for variant in ("eval", "eval_crf"):
+            report = seg_dir / variant / "metrics.json"
+            if report.is_file():
+                track_stage(cfg, "segmenter", seg_dir, read_json(report), data, str(cfg.segmenter.eval.split),
+                            prefix=f"segmenter/{variant}", finish=variant == "eval_crf" or not
+                            (seg_dir / "eval_crf" / "metrics.json").is_file(),
+                            prediction=lambda i, v=variant: read_label_png(seg_dir / v / "predictions" / f"{i}.png"))
+    finish_active_run()
     crf = summary.get("miou_crf")
     print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {summary['miou']:.4f}"
           + (f", with CRF {crf:.4f}" if crf is not None else "") + f" -> {summary['stage_dir']}")
     return summary
+
+
+def track_stage(cfg: DictConfig, stage: str, out_dir: Path, metrics: dict[str, Any], data: ResolvedData,
+                split: str, prefix: str | None = None, finish: bool = True,
+                **mask_sources: Callable[[str], np.ndarray]) -> None:
+    """Log a stage's report (headline, per-class IoU table, background curve) and up to
+    ``logger.max_images`` images with their masks (and ground truth) to W&B; nothing when W&B is off."""
+    if not uses_wandb(cfg.logger):
+        return
+    with stage_run(cfg.logger, stage, str(cfg.name), out_dir, {"stage": stage, "split": split}, finish) as run:
+        log_report(run, metrics, prefix or stage)
+        ids = data.layout.split_ids(split)[: int(cfg.logger.get("max_images", 0))]
+        images = [load_rgb(data.layout.image_path(i)) for i in ids]
+        truth = [read_label_png(data.layout.mask_path(i)) if data.layout.mask_path(i).is_file() else None
+                 for i in ids]
+        log_masks(run, f"{prefix or stage}/masks", images, data.meta.class_names, ground_truth=truth,
+                  **{name: [source(i) for i in ids] for name, source in mask_sources.items()})
+        if cfg.logger.get("log_artifacts", False) and (out_dir / "manifest.json").is_file():
+            log_artifact(run, out_dir / "manifest.json", f"{cfg.name}-{stage}-manifest", "manifest")
 
 
 STAGES: dict[str, Callable[[DictConfig, ResolvedData], dict[str, Any]]] = {
@@ -178,7 +218,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Entry for ``stage=pipeline`` or one stage name."""
     stage = str(cfg.stage)
     if stage == "pipeline":
-        results = run_stages(cfg, PIPELINE)
+        names = tuple(str(n) for n in cfg.get("pipeline", PIPELINE))
+        unknown = [n for n in names if n not in STAGES]
+        if unknown or not names:
+            raise ConfigError(f"pipeline must list stages among {', '.join(STAGES)}; got {list(names)}")
+        results = run_stages(cfg, names)
         headline = write_results(Path(str(cfg.run_dir)), results)
         print((Path(str(cfg.run_dir)) / "results.md").read_text())
         return headline
