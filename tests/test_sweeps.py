@@ -1,0 +1,53 @@
+"""Hydra sweeps in a subprocess: a K x gamma grid with a failing job, and a 2-trial Optuna search."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import QUIET_TRAINER, TINY_DATA
+
+SHORT = [*TINY_DATA, *QUIET_TRAINER, "model.max_epochs=1", "model.backbone.model_kwargs.channels=[8,16,32,64]",
+         "cam.scales=[1.0]", "cam.num_workers=0", "pipeline=[classifier,cams,seeds]"]
+
+
+def run_cli(args: list[str], tmp_path: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vwl_lightning", "-m", *args, *SHORT,
+                           f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"})
+
+
+def test_grid_sweep_writes_summary_and_survives_a_failed_job(tmp_path: Path, cache_dir: Path) -> None:
+    # gamma = -1 is invalid: those two jobs fail, are recorded, and the other two still run
+    result = run_cli(["model.codebook.size=8,16", "model.pool.gamma=-1,2"], tmp_path, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 4
+    status = {(r["model.codebook.size"], r["model.pool.gamma"]): r["status"] for r in rows}
+    assert status == {("8", "-1"): "failed", ("16", "-1"): "failed", ("8", "2"): "ok", ("16", "2"): "ok"}
+    for row in rows:
+        if row["status"] == "ok":
+            assert 0.0 <= float(row["cam_seed_miou_best"]) <= 1.0
+        else:
+            assert "model.pool.gamma must be >= 0" in row["error"]
+    assert (sweep / "sweep_heatmap.png").stat().st_size > 1000
+    assert "failed" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_optuna_search_runs_two_trials(tmp_path: Path, cache_dir: Path) -> None:
+    result = run_cli(["+hparams_search=optuna_seeds", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.sampler.n_startup_trials=2"], tmp_path, cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"model.codebook.size", "model.pool.gamma"}
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert abs(best["best_value"] - max(float(r["cam_seed_miou_best"]) for r in rows)) < 1e-9
