@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform, TrainTransform
@@ -21,6 +22,29 @@ def per_device_batch(global_batch: int, world_size: int, key: str = "data.batch_
         raise ConfigError(f"{key}={global_batch} is the global batch and must be a positive multiple of the "
                           f"world size {world_size}")
     return global_batch // world_size
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sharding without padding: rank r takes indices r, r + world, ... so every image is scored
+    exactly once and a metric summed over ranks equals the single-process one (Lightning's default
+    ``DistributedSampler`` repeats images to even out the shards, which would bias the mIoU)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def eval_loader(dataset: Dataset, batch: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """An evaluation loader; under DDP each rank gets its unpadded share (:class:`UnpaddedDistributedSampler`)."""
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return DataLoader(dataset, batch_size=batch, shuffle=False, drop_last=False, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, collate_fn=collate,
+                      sampler=UnpaddedDistributedSampler(dataset) if distributed else None)
 
 
 class WithLabelsFromMask(Dataset):
@@ -103,7 +127,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, self.device_batch, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.device_eval_batch, shuffle=False, drop_last=False)
+        return eval_loader(self.val_set, self.device_eval_batch, self.num_workers, self.pin_memory)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

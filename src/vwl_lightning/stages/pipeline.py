@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vwl_lightning.cam_files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
@@ -128,7 +129,7 @@ def track_stage(cfg: DictConfig, stage: str, out_dir: Path, metrics: dict[str, A
                 **mask_sources: Callable[[str], np.ndarray]) -> None:
     """Log a stage's report (headline, per-class IoU table, background curve) and up to
     ``logger.max_images`` images with their masks (and ground truth) to W&B; nothing when W&B is off."""
-    if not uses_wandb(cfg.logger):
+    if not uses_wandb(cfg.logger) or rank_zero_only.rank != 0:
         return
     with stage_run(cfg.logger, stage, str(cfg.name), out_dir, {"stage": stage, "split": split}, finish) as run:
         log_report(run, metrics, prefix or stage)
@@ -150,6 +151,7 @@ STAGES: dict[str, Callable[[DictConfig, ResolvedData], dict[str, Any]]] = {
     "segmenter": run_segmenter,
 }
 PIPELINE = ("classifier", "cams", "seeds", "pseudo", "segmenter")
+RANK_ZERO_STAGES = ("seeds", "pseudo")  # no Lightning trainer: under DDP only rank 0 runs them
 
 
 def record_time(run_dir: Path, stage: str, seconds: float) -> None:
@@ -166,13 +168,27 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for name in names:
+        if name in RANK_ZERO_STAGES and rank_zero_only.rank != 0:
+            # DDP: these stages are plain CPU loops; rank 0 runs them, the other ranks wait for the manifest
+            wait_for_manifest(name, cfg)
         finished = is_complete(name, cfg)
         log.info("stage %s: %s (run dir %s)", name, "complete, skipping" if finished else "starting", run_dir)
         start = time.perf_counter()
         results[name] = STAGES[name](cfg, data)
-        if not finished:  # a skipped stage keeps the time of the run that did its work
+        if not finished and rank_zero_only.rank == 0:  # a skipped stage keeps the time of the run that did it
             record_time(run_dir, name, time.perf_counter() - start)
     return results
+
+
+def wait_for_manifest(name: str, cfg: DictConfig) -> None:
+    """Poll (on a shared file system) until rank 0 has completed stage ``name``."""
+    timeout = float(cfg.get("rank_wait_timeout_s", 86400))
+    deadline = time.monotonic() + timeout
+    while not is_complete(name, cfg):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stage {name}: rank {rank_zero_only.rank} waited {timeout:.0f} s for rank 0 to "
+                               f"write {stage_dir(name, cfg) / 'manifest.json'} (rank_wait_timeout_s)")
+        time.sleep(2.0)
 
 
 def stage_dir(name: str, cfg: DictConfig) -> Path:
@@ -223,6 +239,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if unknown or not names:
             raise ConfigError(f"pipeline must list stages among {', '.join(STAGES)}; got {list(names)}")
         results = run_stages(cfg, names)
+        if rank_zero_only.rank != 0:
+            return {}
         headline = write_results(Path(str(cfg.run_dir)), results)
         print((Path(str(cfg.run_dir)) / "results.md").read_text())
         return headline

@@ -160,8 +160,8 @@ def evaluate_pseudo_labels(
     from vwl_lightning.metrics import SegmentationConfusion
     from vwl_lightning.reports import write_segmentation_report
 
-    metric = SegmentationConfusion(len(class_names),
-                                   pred_ignore_index=IGNORE_INDEX if allow_unlabelled else None)
+    metric = SegmentationConfusion(len(class_names), pred_ignore_index=IGNORE_INDEX if allow_unlabelled else None,
+                                   sync_on_compute=False)  # one process reads every mask: nothing to gather
     for image_id in tqdm(ids, desc="score pseudo labels", unit="img", disable=not progress):
         pred_path = Path(mask_dir) / f"{image_id}.png"
         gt_path = layout.mask_path(image_id)

@@ -63,7 +63,8 @@ def evaluate_seeds(
     if missing:
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of {len(ids)} "
                         f"images of split '{split}' have none)")
-    sweep = BackgroundSweep(num_classes, sweep_scores_with(bg_scores, configured_score))
+    sweep = BackgroundSweep(num_classes, sweep_scores_with(bg_scores, configured_score),
+                            sync_on_compute=False)  # one process reads every file: nothing to gather
     for image_id in tqdm(ids, desc=f"seed eval {split}", unit="img", disable=not progress):
         path = cam_path(cam_dir, image_id)
         record = load_cam_file(path, num_classes)

@@ -40,7 +40,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vwl_lightning.data.datamodule import collate, per_device_batch
+from vwl_lightning.data.datamodule import collate, eval_loader, per_device_batch
 from vwl_lightning.data.meta import IGNORE_INDEX
 from vwl_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -362,7 +362,7 @@ class SegmenterDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, self.device_batch, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.device_eval_batch, shuffle=False, drop_last=False)
+        return eval_loader(self.val_set, self.device_eval_batch, self.num_workers, self.pin_memory)
 
 
 # -------------------------------------------------------------------------------------- pseudo-mask checks

@@ -225,7 +225,8 @@ def evaluate_segmenter(module: SegmenterModule, layout: VOCLayout, stage_dir: Pa
     loader = DataLoader(dataset, batch_sampler=list(_same_size_batches(layout, ids, settings.batch_size)),
                         num_workers=num_workers, collate_fn=collate)
     num_classes = len(class_names)
-    plain, refined = SegmentationConfusion(num_classes), SegmentationConfusion(num_classes)
+    plain, refined = (SegmentationConfusion(num_classes, sync_on_compute=False),  # rank 0 sees every image
+                      SegmentationConfusion(num_classes, sync_on_compute=False))
     plain_dir, crf_dir = stage_dir / EVAL_DIR, stage_dir / EVAL_CRF_DIR
     pool = None
     if settings.crf and settings.crf_workers > 0:
