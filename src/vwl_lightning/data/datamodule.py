@@ -80,6 +80,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         train_transform: dict | None = None,
         eval_size: int = 512,
         pin_memory: bool = False,
+        normalise: dict | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -88,9 +89,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        norm = {k: tuple(float(x) for x in v) for k, v in (normalise or {}).items()}  # mean, std
         self.train_transform = TrainTransform(**{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in (train_transform or {}).items()})
-        self.eval_transform = EvalTransform(size=eval_size)
+                                                 for k, v in (train_transform or {}).items()}, **norm)
+        self.eval_transform = EvalTransform(size=eval_size, **norm)
         self.pin_memory = pin_memory
         self._data: ResolvedData | None = None
 

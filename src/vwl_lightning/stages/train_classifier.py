@@ -40,7 +40,7 @@ def build_datamodule(cfg: DictConfig) -> ClassificationDataModule:
         source=OmegaConf.to_container(d.source, resolve=True), train_split=d.train_split,
         val_split=d.val_split, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, train_transform=OmegaConf.to_container(d.train_transform, resolve=True),
-        eval_size=d.eval_size, pin_memory=d.pin_memory,
+        eval_size=d.eval_size, pin_memory=d.pin_memory, normalise=OmegaConf.to_container(d.normalise, resolve=True),
     )
 
 
