@@ -52,11 +52,12 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 class CamInputs(Dataset):
     """Normalised full-size images with their 0-based foreground label indices."""
 
-    def __init__(self, layout: VOCLayout, ids: Sequence[str], labels: dict[str, list[int]]) -> None:
+    def __init__(self, layout: VOCLayout, ids: Sequence[str], labels: dict[str, list[int]],
+                 normalise: dict[str, Sequence[float]] | None = None) -> None:
         self.layout = layout
         self.ids = list(ids)
         self.labels = labels
-        self.transform = EvalTransform(size=0)
+        self.transform = EvalTransform(size=0, **{k: tuple(v) for k, v in (normalise or {}).items()})
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,16 +105,16 @@ class CamDataModule(pl.LightningDataModule):
     """Serves this rank's share (``todo[rank::world]``) of the images that still need a CAM file."""
 
     def __init__(self, layout: VOCLayout, todo: list[str], labels: dict[str, list[int]], batch_size: int,
-                 num_workers: int) -> None:
+                 num_workers: int, normalise: dict[str, Sequence[float]] | None = None) -> None:
         super().__init__()
-        self.layout, self.todo, self.labels = layout, todo, labels
+        self.layout, self.todo, self.labels, self.normalise = layout, todo, labels, normalise
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def predict_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
         share = self.todo[rank::world]
-        dataset = CamInputs(self.layout, share, self.labels)
+        dataset = CamInputs(self.layout, share, self.labels, self.normalise)
         sizes = [image_size(self.layout.image_path(i)) for i in share]
         return DataLoader(dataset, batch_sampler=SameSizeBatches(sizes, self.batch_size),
                           num_workers=self.num_workers, collate_fn=collate_cams)
@@ -255,7 +256,8 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
     todo = [i for i in ids if not is_complete_cam_file(cam_path(out_dir, i))]
     log.info("cams: %d of %d images of '%s' to do, writing to %s", len(todo), len(ids), c.split, out_dir)
     if todo:
-        datamodule = CamDataModule(data.layout, todo, labels, int(c.batch_size), int(c.num_workers))
+        datamodule = CamDataModule(data.layout, todo, labels, int(c.batch_size), int(c.num_workers),
+                                   normalise=OmegaConf.to_container(cfg.data.normalise, resolve=True))
         trainer.predict(predictor, datamodule=datamodule, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
