@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
 from conftest import QUIET_TRAINER, TINY_DATA
@@ -38,6 +40,7 @@ def test_grid_sweep_writes_summary_and_survives_a_failed_job(tmp_path: Path, cac
         else:
             assert "model.pool.gamma must be >= 0" in row["error"]
     assert (sweep / "sweep_heatmap.png").stat().st_size > 1000
+    assert (sweep / "sweep_sensitivity.png").stat().st_size > 1000  # K varies among the jobs that ran
     assert "failed" in (sweep / "sweep_summary.md").read_text()
 
 
@@ -51,3 +54,16 @@ def test_optuna_search_runs_two_trials(tmp_path: Path, cache_dir: Path) -> None:
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert abs(best["best_value"] - max(float(r["cam_seed_miou_best"]) for r in rows)) < 1e-9
+
+
+def test_sensitivity_curves_follow_each_knob(tmp_path: Path) -> None:
+    from vwl_lightning.sweep import heatmap_grid, sensitivity_curves
+
+    rows = [{"model.codebook.size": k, "model.pool.gamma": g, "cam_seed_miou_best": 0.1 * i}
+            for i, (k, g) in enumerate([("16", "2"), ("64", "2"), ("256", "2"), ("256", "0"), ("256", "4")])]
+    ks, gammas, grid = heatmap_grid(rows)
+    assert ks == [16.0, 64.0, 256.0] and gammas == [0.0, 2.0, 4.0]
+    assert grid[2, 0] == pytest.approx(0.3) and grid[0, 1] == 0.0 and np.isnan(grid[0, 0])
+    assert sensitivity_curves(tmp_path / "curves.png", rows)
+    assert not sensitivity_curves(tmp_path / "none.png", rows[:1])
+    assert not (tmp_path / "none.png").exists()

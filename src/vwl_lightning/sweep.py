@@ -5,7 +5,7 @@ Registered as a Hydra callback (``hydra.callbacks.sweep_summary`` in ``conf/conf
 multirun it reads each job folder's ``results.json`` (or ``failed.json``, written when a job failed — the
 sweep goes on) and ``.hydra/overrides.yaml``, and writes into the sweep folder::
 
-    sweep_summary.csv   sweep_summary.md   sweep_heatmap.png
+    sweep_summary.csv   sweep_summary.md   sweep_heatmap.png   sweep_sensitivity.png (metric vs K and vs γ)
 """
 
 from __future__ import annotations
@@ -123,6 +123,40 @@ def plot_heatmap(path: Path, ks: list[float], gammas: list[float], grid: np.ndar
         fig.savefig(tmp, format="png", dpi=110)
 
 
+def sensitivity_curves(path: Path, rows: list[dict[str, Any]], metric: str = "cam_seed_miou_best") -> bool:
+    """Line plots of ``metric`` against each swept knob (K, γ), one line per value of the other knob.
+
+    Returns False (and writes nothing) when neither knob takes two or more values."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    jobs = [r for r in rows if r.get(metric) is not None]
+    knobs = [k for k in (ROW_KEY, COLUMN_KEY) if len({float(r[k]) for r in jobs if k in r}) >= 2]
+    if not knobs:
+        return False
+    fig = Figure(figsize=(5.5 * len(knobs), 3.8))
+    FigureCanvasAgg(fig)
+    for index, knob in enumerate(knobs):
+        other = COLUMN_KEY if knob == ROW_KEY else ROW_KEY
+        ax = fig.add_subplot(1, len(knobs), index + 1)
+        for value in sorted({r.get(other) for r in jobs}, key=lambda v: float(v) if v is not None else 0.0):
+            points = sorted((float(r[knob]), 100 * float(r[metric]))
+                            for r in jobs if knob in r and r.get(other) == value)
+            label = f"{other.split('.')[-1]} = {value}" if value is not None else None
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        if knob == ROW_KEY:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(knob)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return True
+
+
 def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Write the summary files of ``sweep_dir`` and return the rows."""
     sweep_dir = Path(sweep_dir)
@@ -133,6 +167,7 @@ def summarise_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     grid = heatmap_grid(rows)
     if grid is not None:
         plot_heatmap(sweep_dir / "sweep_heatmap.png", *grid, title="CAM seed mIoU (best background score)")
+    sensitivity_curves(sweep_dir / "sweep_sensitivity.png", rows)
     failed = [r["job"] for r in rows if r["status"] != "ok"]
     log.info("sweep summary: %d jobs, %d not ok %s -> %s", len(rows), len(failed), failed,
              sweep_dir / "sweep_summary.md")
