@@ -67,3 +67,20 @@ def test_sensitivity_curves_follow_each_knob(tmp_path: Path) -> None:
     assert sensitivity_curves(tmp_path / "curves.png", rows)
     assert not sensitivity_curves(tmp_path / "none.png", rows[:1])
     assert not (tmp_path / "none.png").exists()
+
+
+def test_slurm_launcher_config_composes() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from vwl_lightning.__main__ import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "+experiment=voc_vwl_l", "trainer=ddp", "trainer.devices=4",
+                                 "trainer.num_nodes=2", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=4",
+                                 "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (2, 4, 4, "gpu")
+    assert (cfg.trainer.strategy, cfg.trainer.num_nodes, cfg.trainer.devices) == ("ddp", 2, 4)
+    assert launcher.max_num_timeout == 2
