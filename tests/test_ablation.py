@@ -30,6 +30,7 @@ def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: P
     for run in blob["runs"]:
         for measure in MEASURES:
             assert 0.0 <= run[measure] <= 1.0
+        assert run["badge_activation"] >= 0 and run["body_activation"] >= 0 and run["spill_typical_scene"] >= 0
         assert (Path(run["run_dir"]) / "seeds" / "manifest.json").is_file()
         assert (Path(run["run_dir"]) / "pseudo" / "manifest.json").is_file()
     vwl = [r["seed_miou_best"] for r in blob["runs"] if r["variant"] == "VWL-L + hybrid pooling"]

@@ -6,7 +6,8 @@ Six variants × seeds, each run through classifier → CAMs → seed evaluation 
 run directory (``<out>/<variant>/seed<k>``, resumable: finished stages are skipped). Reported per variant,
 mean ± standard deviation over seeds: CAM seed mIoU at the best and at the configured background score,
 pseudo-mask mIoU after CRF, object completeness and background spill (:mod:`vwl_lightning.diagnostics`,
-at the configured score). Writes ``ablation.json``, ``ablation.md``, ``ablation.csv`` and
+at the configured score). For the embedded benchmark it adds the generator-side mechanism checks
+(:mod:`vwl_lightning.mechanism`). Writes ``ablation.json``, ``ablation.md``, ``ablation.csv`` and
 ``ablation_bars.png`` into ``<out>``.
 """
 
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vwl_lightning.__main__ import config_dir
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.diagnostics import diagnose_cams
+from vwl_lightning.mechanism import mechanism_checks
 from vwl_lightning.stages.pipeline import run_stages
 from vwl_lightning.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 
@@ -43,6 +45,9 @@ VARIANTS: dict[str, list[str]] = {
 }
 STAGES = ("classifier", "cams", "seeds", "pseudo")
 MEASURES = ("seed_miou_best", "seed_miou_fixed", "pseudo_miou", "object_completeness", "background_spill")
+# generator-side checks of the two failure modes (vwl_lightning.mechanism), synthetic data only
+MECHANISM = ("badge_activation", "body_activation", "badge_to_body_ratio", "spill_typical_scene",
+             "spill_other_scene")
 DIAGNOSTICS = "diagnostics.json"
 
 
@@ -66,11 +71,12 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str]) -> dic
     start = time.perf_counter()
     results = run_stages(cfg, STAGES)
     cached = run_dir / DIAGNOSTICS
-    if cached.is_file():
-        diagnostics = read_json(cached)
-    else:
+    diagnostics = read_json(cached) if cached.is_file() else {}
+    if not set(MECHANISM) <= set(diagnostics):
         data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
         diagnostics = diagnose_cams(cfg.seeds.cam_dir, data.layout, cfg.seeds.split, float(cfg.seeds.bg_score))
+        if data.meta.name == "synthetic":
+            diagnostics.update(mechanism_checks(cfg.seeds.cam_dir, data.layout.root, cfg.seeds.split))
         write_json_atomic(cached, diagnostics)
     seeds, pseudo = results["seeds"], results["pseudo"]["metrics"] or {}
     return {
@@ -80,6 +86,7 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str]) -> dic
         "pseudo_miou": pseudo.get("miou"),
         "object_completeness": diagnostics["object_completeness"],
         "background_spill": diagnostics["background_spill"],
+        **{k: diagnostics.get(k) for k in MECHANISM},
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -90,8 +97,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
-        for measure in MEASURES:
-            values = np.array([r[measure] for r in mine if r[measure] is not None], dtype=np.float64)
+        for measure in (*MEASURES, *MECHANISM):
+            values = np.array([r[measure] for r in mine if r.get(measure) is not None], dtype=np.float64)
             entry[measure] = {"mean": float(values.mean()) if values.size else None,
                               "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
         table[variant] = entry
@@ -106,8 +113,19 @@ def markdown(table: dict[str, dict[str, Any]], seconds: float) -> str:
         cells = [f"{100 * entry[m]['mean']:.1f} ± {100 * entry[m]['std']:.1f}" if entry[m]["mean"] is not None
                  else "–" for m in MEASURES]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += ["", "Mechanism (generator truth, normalised CAMs): mean activation on the class-unique badge and on the",
+              "rest of the object, their ratio (partial activation: ≫ 1), and background spill of the primary class",
+              "on its typical scene vs another scene (co-occurrence: typical > other).", "",
+              "| variant | badge activation | body activation | badge / body | spill, typical scene "
+              "| spill, other scene |",
+              "|---|---|---|---|---|---|"]
+    for variant, entry in table.items():
+        if entry["badge_to_body_ratio"]["mean"] is None:
+            continue
+        cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in MECHANISM]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Values in %, mean ± standard deviation over seeds {next(iter(table.values()))['seeds']}; "
+    lines.append(f"First table in %, mean ± standard deviation over seeds {next(iter(table.values()))['seeds']}; "
                  f"total time {seconds / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
