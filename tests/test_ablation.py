@@ -33,8 +33,24 @@ def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: P
         assert run["badge_activation"] >= 0 and run["body_activation"] >= 0 and run["spill_typical_scene"] >= 0
         assert (Path(run["run_dir"]) / "seeds" / "manifest.json").is_file()
         assert (Path(run["run_dir"]) / "pseudo" / "manifest.json").is_file()
+        if run["variant"] == "plain CAM":
+            assert run["words_used"] is None
+        else:  # K = 8 words; at least one is the nearest somewhere
+            assert 1 <= run["words_used"] <= 8 and 1.0 <= run["word_perplexity"] <= run["words_used"] + 1e-9
+    assert "| VWL-L + hybrid pooling |" in (out / "ablation.md").read_text().split("Codebook use")[1]
     vwl = [r["seed_miou_best"] for r in blob["runs"] if r["variant"] == "VWL-L + hybrid pooling"]
     assert blob["variants"]["VWL-L + hybrid pooling"]["seed_miou_best"]["mean"] == pytest.approx(np.mean(vwl))
     assert (out / "ablation_bars.png").stat().st_size > 1000
     assert "| VWL-L + hybrid pooling |" in (out / "ablation.md").read_text()
     assert "plain CAM" in capsys.readouterr().out
+    assert all(run["stage_seconds"] > 0 for run in blob["runs"])
+    assert blob["compute_seconds"] == pytest.approx(sum(run["stage_seconds"] for run in blob["runs"]))
+
+    # a second invocation resumes: every stage is skipped, the results and the recorded stage times stay
+    assert main(["--seeds", "1", "2", "--out", str(out), "--variants", "plain CAM", "VWL-L + hybrid pooling", "--",
+                 *overrides]) == 0
+    again = json.loads((out / "ablation.json").read_text())
+    for before, after in zip(blob["runs"], again["runs"], strict=True):
+        assert after["seed_miou_best"] == before["seed_miou_best"]
+        assert after["stage_seconds"] == before["stage_seconds"]
+    assert again["seconds"] < blob["seconds"]

@@ -192,3 +192,35 @@ def test_cosine_ignores_feature_scale() -> None:
                                cosine_similarity_map(7.0 * features, codebook))
     torch.testing.assert_close(cosine_similarity_map(features, codebook)[0, :, 0, 0],
                                F.cosine_similarity(features[0, :, 0, 0][None], codebook, dim=1))
+
+
+def test_learned_codebook_feature_init_takes_batch_directions_at_the_kaiming_scale() -> None:
+    torch.manual_seed(0)
+    book = LearnedCodebook(size=6, dim=8, num_classes=3, init="features")
+    norms_before = book.codebook.detach().norm(dim=1).clone()
+    assert not bool(book.initialised)
+    features = torch.relu(torch.randn(2, 8, 3, 3)) + 0.01
+    book.eval()
+    book(features)  # evaluation never draws
+    assert not bool(book.initialised)
+    book.train()
+    out = book(features)
+    assert bool(book.initialised)
+    torch.testing.assert_close(book.codebook.detach().norm(dim=1), norms_before)
+    directions = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, 8), dim=1)
+    for row in F.normalize(book.codebook.detach(), dim=1):  # each codeword points along one batch feature
+        assert (directions @ row).max() == pytest.approx(1.0, abs=1e-6)
+    # every word's nearest position is the feature it was drawn from, so all drawn words are labelled
+    assert out.word_targets.sum() >= 1
+    drawn = book.codebook.detach().clone()
+    book(torch.randn(2, 8, 3, 3))  # later batches do not draw again
+    torch.testing.assert_close(book.codebook.detach(), drawn)
+    assert "initialised" in book.state_dict()
+
+
+def test_learned_codebook_kaiming_init_keeps_the_spec_state_dict() -> None:
+    book = LearnedCodebook(size=4, dim=8, num_classes=3)
+    assert set(book.state_dict()) == {"word_head.weight", "codebook", "w2i_head.weight"}
+    with pytest.raises(ConfigError, match="model.codebook.init"):
+        LearnedCodebook(size=4, dim=8, num_classes=3, init="random")
+    assert build_codebook("learned", 4, 8, 3, init="features").init == "features"

@@ -2,12 +2,15 @@
 
     python -m vwl_lightning.ablation [--seeds 1 2 3] [--out runs/ablation] [--variants ...] [-- overrides]
 
-Six variants × seeds, each run through classifier → CAMs → seed evaluation → CRF pseudo masks in its own
+The six variants of the issue (plain CAM, + hybrid pooling, + VWL-L, + VWL-M, VWL-L + hybrid pooling,
+VWL-M + hybrid pooling) and one correction that is not in the spec (the learned codebook initialised
+from feature directions) × seeds, each run through classifier → CAMs → seed evaluation → CRF pseudo masks in its own
 run directory (``<out>/<variant>/seed<k>``, resumable: finished stages are skipped). Reported per variant,
 mean ± standard deviation over seeds: CAM seed mIoU at the best and at the configured background score,
 pseudo-mask mIoU after CRF, object completeness and background spill (:mod:`vwl_lightning.diagnostics`,
 at the configured score). For the embedded benchmark it adds the generator-side mechanism checks
-(:mod:`vwl_lightning.mechanism`). Writes ``ablation.json``, ``ablation.md``, ``ablation.csv`` and
+(:mod:`vwl_lightning.mechanism`), and for every codebook how many words are in use
+(:mod:`vwl_lightning.codebook_usage`). Writes ``ablation.json``, ``ablation.md``, ``ablation.csv`` and
 ``ablation_bars.png`` into ``<out>``.
 """
 
@@ -27,10 +30,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vwl_lightning.__main__ import config_dir
+from vwl_lightning.codebook_usage import codebook_usage, usage_summary
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.diagnostics import diagnose_cams
 from vwl_lightning.mechanism import mechanism_checks
-from vwl_lightning.stages.pipeline import run_stages
+from vwl_lightning.stages.pipeline import TIMINGS, run_stages
 from vwl_lightning.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -42,12 +46,16 @@ VARIANTS: dict[str, list[str]] = {
     "+ VWL-M": ["+experiment=synthetic_vwl_m", "model.pool.kind=gap"],
     "VWL-L + hybrid pooling": ["+experiment=synthetic_vwl_l"],
     "VWL-M + hybrid pooling": ["+experiment=synthetic_vwl_m"],
+    # not in the spec: the learned codebook started from feature directions against its collapse (README)
+    "VWL-L (feature init) + hybrid pooling": ["+experiment=synthetic_vwl_l", "model.codebook.init=features"],
 }
 STAGES = ("classifier", "cams", "seeds", "pseudo")
 MEASURES = ("seed_miou_best", "seed_miou_fixed", "pseudo_miou", "object_completeness", "background_spill")
 # generator-side checks of the two failure modes (vwl_lightning.mechanism), synthetic data only
 MECHANISM = ("badge_activation", "body_activation", "badge_to_body_ratio", "spill_typical_scene",
              "spill_other_scene")
+# how much of the codebook the word labels use (vwl_lightning.codebook_usage); variants with a codebook
+USAGE = ("words_used", "words_per_image", "word_perplexity", "largest_word_share")
 DIAGNOSTICS = "diagnostics.json"
 
 
@@ -78,6 +86,15 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str]) -> dic
         if data.meta.name == "synthetic":
             diagnostics.update(mechanism_checks(cfg.seeds.cam_dir, data.layout.root, cfg.seeds.split))
         write_json_atomic(cached, diagnostics)
+    if "codebook_usage" not in diagnostics:
+        data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
+        usage = codebook_usage(results["classifier"]["checkpoint"], data.layout, cfg.seeds.split, data.meta.num_classes,
+                               OmegaConf.to_container(cfg.data.normalise, resolve=True))
+        if usage is not None:
+            log.info("%s, seed %d: %s", variant, seed, usage_summary(usage))
+        diagnostics["codebook_usage"] = usage
+        write_json_atomic(cached, diagnostics)
+    usage = diagnostics["codebook_usage"] or {}
     seeds, pseudo = results["seeds"], results["pseudo"]["metrics"] or {}
     return {
         "variant": variant, "seed": seed, "run_dir": str(run_dir),
@@ -87,7 +104,11 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str]) -> dic
         "object_completeness": diagnostics["object_completeness"],
         "background_spill": diagnostics["background_spill"],
         **{k: diagnostics.get(k) for k in MECHANISM},
+        **{k: usage.get(k) for k in USAGE},
         "seconds": round(time.perf_counter() - start, 1),
+        # stage times of the run that did the work (kept when a later invocation resumes and skips)
+        "stage_seconds": round(sum(read_json(run_dir / TIMINGS).values()), 1) if (run_dir / TIMINGS).is_file()
+        else None,
     }
 
 
@@ -97,7 +118,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
-        for measure in (*MEASURES, *MECHANISM):
+        for measure in (*MEASURES, *MECHANISM, *USAGE):
             values = np.array([r[measure] for r in mine if r.get(measure) is not None], dtype=np.float64)
             entry[measure] = {"mean": float(values.mean()) if values.size else None,
                               "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
@@ -105,7 +126,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
-def markdown(table: dict[str, dict[str, Any]], seconds: float) -> str:
+def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: float) -> str:
     head = ["variant", "CAM seed mIoU (best bg)", "CAM seed mIoU (fixed bg)", "pseudo mIoU (CRF)",
             "object completeness", "background spill"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -124,9 +145,23 @@ def markdown(table: dict[str, dict[str, Any]], seconds: float) -> str:
             continue
         cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in MECHANISM]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    with_codebook = [v for v, e in table.items() if e["words_used"]["mean"] is not None]
+    if with_codebook:
+        lines += ["", "Codebook use over the first 256 images of the split (nearest word by cosine, spec §2.1): words "
+                  "that are nearest somewhere, distinct words per image, effective number of words exp(H), and the "
+                  "largest word's share of all positions.", "",
+                  "| variant | words in use | words per image | effective words | largest share |",
+                  "|---|---|---|---|---|"]
+        for variant in with_codebook:
+            e = table[variant]
+            lines.append(f"| {variant} | {e['words_used']['mean']:.0f} ± {e['words_used']['std']:.0f} | "
+                         f"{e['words_per_image']['mean']:.1f} ± {e['words_per_image']['std']:.1f} | "
+                         f"{e['word_perplexity']['mean']:.1f} ± {e['word_perplexity']['std']:.1f} | "
+                         f"{e['largest_word_share']['mean']:.2f} ± {e['largest_word_share']['std']:.2f} |")
     lines.append("")
     lines.append(f"First table in %, mean ± standard deviation over seeds {next(iter(table.values()))['seeds']}; "
-                 f"total time {seconds / 60:.1f} min.")
+                 f"compute time {compute_seconds / 60:.1f} min (sum of every run's stage times), wall time of "
+                 f"this invocation {seconds / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
 
@@ -156,13 +191,15 @@ def bar_chart(path: Path, table: dict[str, dict[str, Any]]) -> None:
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     table = aggregate(rows)
-    write_json_atomic(out / "ablation.json", {"variants": table, "runs": rows, "seconds": seconds})
+    compute_seconds = sum(r["stage_seconds"] or 0.0 for r in rows)
+    write_json_atomic(out / "ablation.json", {"variants": table, "runs": rows, "seconds": seconds,
+                                              "compute_seconds": compute_seconds})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "ablation.csv", buffer.getvalue())
-    write_text_atomic(out / "ablation.md", markdown(table, seconds))
+    write_text_atomic(out / "ablation.md", markdown(table, seconds, compute_seconds))
     bar_chart(out / "ablation_bars.png", table)
     return table
 

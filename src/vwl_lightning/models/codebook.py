@@ -106,19 +106,45 @@ class LearnedCodebook(_VisualWords):
         dim: D, the feature channels.
         num_classes: foreground classes of the w2i head.
         tau: softmax temperature τ of the soft assignment.
+        init: ``kaiming`` (the spec: ``kaiming_normal_(a=√5)``) or ``features``: at the first training
+            forward pass, each codeword becomes the direction of a raw feature sampled (with replacement)
+            from that batch, scaled to the norm of its Kaiming draw, so cosine assignment starts spread
+            over the words while the decov loss sees the spec's scale. Not in the spec: a correction for
+            codebook collapse (a handful of words nearest everywhere; see README, ablation). Under DDP the
+            sample is broadcast from rank 0.
     """
 
-    def __init__(self, size: int, dim: int, num_classes: int, tau: float = 1.0) -> None:
+    def __init__(self, size: int, dim: int, num_classes: int, tau: float = 1.0, init: str = "kaiming") -> None:
         super().__init__(size, dim, tau)
+        if init not in ("kaiming", "features"):
+            raise ConfigError(f"model.codebook.init must be kaiming or features, got {init!r}")
+        self.init = init
         weight = torch.empty(size, dim, 1, 1)
         nn.init.kaiming_normal_(weight, a=math.sqrt(5))  # std = sqrt(1/3)/sqrt(D) ≈ 0.0128 for D = 2048
         self.codebook = nn.Parameter(weight.view(size, dim))
         self.w2i_head = nn.Linear(size, num_classes, bias=False)  # W_a
+        if init == "features":  # saved in the checkpoint, so a resumed run does not draw again
+            self.register_buffer("initialised", torch.tensor(False))
 
     def codewords(self) -> torch.Tensor:
         return self.codebook
 
+    @torch.no_grad()
+    def initialise_from(self, features: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """``init=features``: codewords ← directions of K raw features of this batch (B, D, h, w), each
+        scaled to the norm of the codeword it replaces."""
+        flat = features.detach().float().permute(0, 2, 3, 1).reshape(-1, self.dim)
+        index = torch.randint(flat.shape[0], (self.size,), generator=generator, device="cpu")
+        sample = F.normalize(flat[index.to(flat.device)], dim=1)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(sample, src=0)
+        norms = self.codebook.norm(dim=1, keepdim=True)
+        self.codebook.copy_((sample * norms.float()).to(self.codebook.dtype))
+        self.initialised.fill_(True)
+
     def forward(self, features: torch.Tensor) -> CodebookOutput:
+        if self.init == "features" and self.training and not bool(self.initialised):
+            self.initialise_from(features)
         similarity, word_logits, targets = self._word_parts(features)
         histogram = word_histogram(soft_assignment(similarity, self.tau))
         return CodebookOutput(
@@ -189,12 +215,13 @@ class MemoryBankCodebook(_VisualWords):
 
 
 def build_codebook(kind: str, size: int, dim: int, num_classes: int, tau: float = 1.0,
-                   ema_rate: float = 1e-3) -> nn.Module | None:
-    """``kind`` is ``model.codebook.kind``: ``none`` (plain CAM), ``learned`` (VWL-L) or ``memory`` (VWL-M)."""
+                   ema_rate: float = 1e-3, init: str = "kaiming") -> nn.Module | None:
+    """``kind`` is ``model.codebook.kind``: ``none`` (plain CAM), ``learned`` (VWL-L) or ``memory`` (VWL-M);
+    ``init`` (``model.codebook.init``) applies to the learned codebook."""
     if kind == "none":
         return None
     if kind == "learned":
-        return LearnedCodebook(size, dim, num_classes, tau=tau)
+        return LearnedCodebook(size, dim, num_classes, tau=tau, init=init)
     if kind == "memory":
         return MemoryBankCodebook(size, dim, ema_rate=ema_rate, tau=tau)
     raise ConfigError(f"model.codebook.kind must be none, learned or memory, got {kind!r}")

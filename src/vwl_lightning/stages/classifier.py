@@ -38,7 +38,8 @@ def build_classifier(num_classes: int, backbone: dict, pool: dict, codebook: dic
         pooling=build_pooling(pool["kind"], gamma=pool.get("gamma", 2.0), levels=pool.get("levels", (1, 2, 4))),
         codebook=build_codebook(codebook["kind"], size=int(codebook.get("size", 256)), dim=net.out_channels,
                                 num_classes=num_classes, tau=float(codebook.get("tau", 1.0)),
-                                ema_rate=float(codebook.get("ema_rate", 1e-3))),
+                                ema_rate=float(codebook.get("ema_rate", 1e-3)),
+                                init=str(codebook.get("init", "kaiming"))),
         num_classes=num_classes,
     )
 
