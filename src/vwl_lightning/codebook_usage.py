@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vwl_lightning.data.voc import VOCLayout
+from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.models.codebook import cosine_similarity_map
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from vwl_lightning.cam_files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
+from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.meta import voc_palette
-from vwl_lightning.data.voc import VOCLayout, load_rgb
 from vwl_lightning.errors import DataError
 from vwl_lightning.utils.io import read_json
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from vwl_lightning.cam_files import cam_path, load_cam_file
+from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.data.meta import IGNORE_INDEX
-from vwl_lightning.data.voc import VOCLayout
 from vwl_lightning.errors import DataError
 from vwl_lightning.utils.io import read_json
 

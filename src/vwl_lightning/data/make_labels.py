@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vwl_lightning.data.image_labels import derive_image_labels, load_image_labels, save_image_labels
+from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.data.meta import DatasetMeta
 from vwl_lightning.data.source import DATASET_INFO, read_meta
-from vwl_lightning.data.voc import VOCLayout
 from vwl_lightning.errors import ConfigError, DataError, VWLError
 
 DEFAULT_SPLITS = ("train_aug", "val")

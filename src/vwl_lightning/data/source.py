@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.data.meta import COCO_META, VOC_META, DatasetMeta
-from vwl_lightning.data.voc import VOCLayout
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.utils.io import read_json
 

@@ -33,15 +33,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vwl_lightning.cam import keep_labelled, multiscale_cams
 from vwl_lightning.cam_files import CAM_MANIFEST, cam_path, is_complete_cam_file, save_cam_file, stride4_shape
 from vwl_lightning.data.datamodule import collate
+from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
-from vwl_lightning.data.voc import VOCLayout, load_rgb
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.models.backbone import sha256_of, weights_from_checkpoint
 from vwl_lightning.models.classifier import VWLClassifier
 from vwl_lightning.stages.classifier import ClassifierModule
 from vwl_lightning.utils.io import read_json, write_json_atomic
 from vwl_lightning.utils.manifest import read_manifest
+from vwl_lightning.utils.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,9 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
                         f"'{meta.name}' has {meta.num_foreground}")
     predictor = CamPredictor(module.model, c.scales, c.flip, c.flip_fusion, c.channels_last)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args.update(precision=c.precision, logger=False, use_distributed_sampler=False,
+    precision = resolve_precision(str(c.precision), str(trainer_args.get("accelerator", "auto")))
+    log.info("cams: precision %s (cam.precision=%s)", precision, c.precision)
+    trainer_args.update(precision=precision, logger=False, use_distributed_sampler=False,
                         default_root_dir=str(out_dir), enable_checkpointing=False)
     for key in ("check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "log_every_n_steps"):
         trainer_args.pop(key, None)

@@ -21,8 +21,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vwl_lightning.cam_files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
+from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
-from vwl_lightning.data.voc import load_rgb
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.tracking import finish_active_run, log_artifact, log_masks, log_report, stage_run, uses_wandb
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from vwl_lightning.cam_files import cam_path, check_cam_manifest, load_cam_file, resolve_class_names
 from vwl_lightning.crf import CRFParams, cam_crf_pseudo_mask, confident_region_labels, crf_params_from_config
 from vwl_lightning.data.label_png import read_label_png, write_label_png
+from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.meta import IGNORE_INDEX
-from vwl_lightning.data.voc import VOCLayout, load_rgb
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.utils.io import read_json, write_json_atomic
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from vwl_lightning.cam_files import cam_path, check_cam_manifest, load_cam_file, resolve_class_names
 from vwl_lightning.data.label_png import read_label_png
-from vwl_lightning.data.voc import VOCLayout
+from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.errors import DataError
 from vwl_lightning.metrics import BackgroundSweep, default_bg_scores, scores_from_confusion
 from vwl_lightning.reports import write_segmentation_report

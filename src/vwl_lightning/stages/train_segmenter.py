@@ -46,9 +46,9 @@ from tqdm import tqdm
 from vwl_lightning.crf import CRFParams, crf_from_probs, crf_params_from_config
 from vwl_lightning.data.datamodule import collate
 from vwl_lightning.data.label_png import read_label_png, write_label_png
+from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
-from vwl_lightning.data.voc import VOCLayout, load_rgb
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.logging_setup import build_logger
 from vwl_lightning.metrics import SegmentationConfusion
