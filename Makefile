@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-full lint bench samples clean
+.PHONY: install run test test-full lint bench samples ablation sensitivity clean
 
 install: $(STAMP)
 
@@ -35,6 +35,16 @@ bench: install
 # the README's picture of the embedded benchmark
 samples: install
 	$(PY) -m vwl_lightning.data.synthetic grid --out docs/synthetic_samples.png
+
+# README's ablation (7 variants x 3 seeds, ~1 h 45 min of compute on 2 cores; resumable)
+ablation: install
+	$(PY) -m vwl_lightning.ablation --seeds 1 2 3 --out runs/ablation -- cam.precision=32-true
+
+# README's K x gamma sensitivity sweep (9 runs, ~40 min on 2 cores)
+sensitivity: install
+	$(PY) -m vwl_lightning -m +experiment=synthetic_vwl_l 'pipeline=[classifier,cams,seeds]' \
+		model.codebook.size=16,64,256 model.pool.gamma=0,2,4 logger=csv cam.precision=32-true \
+		hydra.sweep.dir=runs/sensitivity
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache
