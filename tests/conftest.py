@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -53,3 +54,14 @@ def make_config(tmp_path: Path, cache_dir: Path) -> Callable[..., DictConfig]:
         return compose_config([*base, *overrides], run_dir or tmp_path / "run", cache_dir)
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the
+    tiny networks gain nothing from more, and on a shared 2-core machine OpenMP threads of several
+    processes spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

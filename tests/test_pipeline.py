@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,15 +24,7 @@ from vwl_lightning.errors import DataError
 from vwl_lightning.stages.pipeline import PIPELINE, run
 from vwl_lightning.utils.manifest import read_manifest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny networks gain nothing from more, and on a shared 2-core machine
-    OpenMP threads of several processes spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # one epoch per trained stage, two CAM scales, small networks, everything in the main process

@@ -4,7 +4,6 @@ stage's outputs against a NumPy reference, the CRF variant, resume and skip, and
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,15 +34,7 @@ from vwl_lightning.stages.train_segmenter import (
 )
 from vwl_lightning.utils.manifest import read_manifest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the tiny networks gain nothing from more, and on a shared 2-core machine
-    OpenMP threads of several processes spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # a narrow trunk trained from scratch (the default initialises from the run's classifier)

@@ -39,6 +39,12 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+def train_loader(dataset: Dataset, batch: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """A training loader: shuffled, last incomplete batch dropped (Lightning adds the DDP sampler)."""
+    return DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, collate_fn=collate)
+
+
 def eval_loader(dataset: Dataset, batch: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """An evaluation loader; under DDP each rank gets its unpadded share (:class:`UnpaddedDistributedSampler`)."""
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -120,13 +126,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.val_set = WithLabelsFromMask(SegmentationDataset(layout, self.val_split, self.eval_transform),
                                           val_labels)
 
-    def _loader(self, dataset: Dataset, batch: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, collate_fn=collate)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.device_batch, shuffle=True, drop_last=True)
+        return train_loader(self.train_set, self.device_batch, self.num_workers, self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.val_set, self.device_eval_batch, self.num_workers, self.pin_memory)

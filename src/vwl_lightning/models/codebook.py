@@ -71,6 +71,16 @@ def decov_loss(codebook: torch.Tensor) -> torch.Tensor:
     return 0.5 * (torch.linalg.matrix_norm(gram, ord="fro") - torch.linalg.vector_norm(torch.diagonal(gram)))
 
 
+def sample_rows(flat: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` rows of ``flat`` (N, D) drawn uniformly with replacement; under DDP rank 0's draw is
+    broadcast, so every rank gets the same rows."""
+    index = torch.randint(flat.shape[0], (count,), generator=generator, device="cpu")
+    sample = flat[index.to(flat.device)].clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(sample, src=0)
+    return sample
+
+
 def _check_common(size: int, tau: float) -> None:
     if size <= 0:
         raise ConfigError(f"model.codebook.size must be a positive number of visual words, got {size}")
@@ -134,10 +144,7 @@ class LearnedCodebook(_VisualWords):
         """``init=features``: codewords ← directions of K raw features of this batch (B, D, h, w), each
         scaled to the norm of the codeword it replaces."""
         flat = features.detach().float().permute(0, 2, 3, 1).reshape(-1, self.dim)
-        index = torch.randint(flat.shape[0], (self.size,), generator=generator, device="cpu")
-        sample = F.normalize(flat[index.to(flat.device)], dim=1)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(sample, src=0)
+        sample = F.normalize(sample_rows(flat, self.size, generator), dim=1)
         norms = self.codebook.norm(dim=1, keepdim=True)
         self.codebook.copy_((sample * norms.float()).to(self.codebook.dtype))
         self.initialised.fill_(True)
@@ -197,11 +204,7 @@ class MemoryBankCodebook(_VisualWords):
         flat = features.detach().float().permute(0, 2, 3, 1).reshape(-1, self.dim)  # (N, D) raw
         distributed = dist.is_available() and dist.is_initialized()
         if not bool(self.initialised):
-            index = torch.randint(flat.shape[0], (self.size,), generator=generator, device="cpu")
-            sample = flat[index.to(flat.device)].clone()
-            if distributed:
-                dist.broadcast(sample, src=0)
-            self.bank.copy_(sample.to(self.bank.dtype))
+            self.bank.copy_(sample_rows(flat, self.size, generator).to(self.bank.dtype))
             self.initialised.fill_(True)
             return
         nearest = (F.normalize(flat, dim=1) @ F.normalize(self.bank.float(), dim=1).t()).argmax(dim=1)

@@ -40,7 +40,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vwl_lightning.data.datamodule import collate, eval_loader, per_device_batch
+from vwl_lightning.data.datamodule import eval_loader, per_device_batch, train_loader
 from vwl_lightning.data.meta import IGNORE_INDEX
 from vwl_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -222,6 +222,7 @@ def load_classifier_backbone(model: DeepLabV2, source: str) -> Path:
     classifier's trunk has the same modules and shapes (only strides/dilations differ, which hold no
     weights); every backbone tensor must be found with the same shape.  Returns the checkpoint path.
     """
+    from vwl_lightning.models.backbone import load_state_dict_file
     from vwl_lightning.utils.manifest import read_manifest
 
     path = Path(source).expanduser()
@@ -233,11 +234,7 @@ def load_classifier_backbone(model: DeepLabV2, source: str) -> Path:
         path = Path(manifest["checkpoint"])
     if not path.is_file():
         raise DataError(f"segmenter.backbone_init {path}: classifier checkpoint not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise DataError(f"{path}: cannot read as a checkpoint ({type(exc).__name__})") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else {}
+    state = load_state_dict_file(path)
     trunk = {k.removeprefix("model.backbone."): v for k, v in state.items() if k.startswith("model.backbone.")}
     own = model.backbone.state_dict()
     bad = [k for k, v in own.items() if k not in trunk or trunk[k].shape != v.shape]
@@ -353,13 +350,8 @@ class SegmenterDataModule(pl.LightningDataModule):
         self.val_set = CheckedMasks(SegmentationDataset(self.layout, self.val_split, self.eval_transform),
                                     self.num_classes, "ground-truth")
 
-    def _loader(self, dataset: Dataset, batch: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, collate_fn=collate)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.device_batch, shuffle=True, drop_last=True)
+        return train_loader(self.train_set, self.device_batch, self.num_workers, self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.val_set, self.device_eval_batch, self.num_workers, self.pin_memory)
