@@ -38,7 +38,7 @@ samples: install
 
 # README's ablation (7 variants x 3 seeds, ~1 h 45 min of compute on 2 cores; resumable)
 ablation: install
-	$(PY) -m vwl_lightning.ablation --seeds 1 2 3 --out runs/ablation -- cam.precision=32-true
+	$(PY) -m vwl_lightning.studies.ablation --seeds 1 2 3 --out runs/ablation -- cam.precision=32-true
 
 # README's K x gamma sensitivity sweep (9 runs, ~40 min on 2 cores)
 sensitivity: install

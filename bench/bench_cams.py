@@ -42,12 +42,14 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakMemory, compose_cfg, data_overrides, emit, ensure_checkpoint, machine, machine_line, run_clean
-from vwl_lightning.cam import keep_labelled, multiscale_cams
-from vwl_lightning.cam_files import cam_path, load_cam_file, save_cam_file, stride4_shape
+from vwl_lightning.cam.files import cam_path, load_cam_file, save_cam_file, stride4_shape
+from vwl_lightning.cam.fusion import keep_labelled, multiscale_cams
+from vwl_lightning.cam.inputs import CamInputs
 from vwl_lightning.data.source import resolve_data
+from vwl_lightning.modules.classifier import load_classifier
 from vwl_lightning.stages import make_cams as cam_stage
-from vwl_lightning.stages.make_cams import CamInputs, load_classifier, make_cams
-from vwl_lightning.stages.seed_eval import evaluate_seeds
+from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
+from vwl_lightning.stages.make_cams import make_cams
 
 SCRIPT = Path(__file__).resolve()
 

@@ -36,9 +36,9 @@ def child(work: Path, images: int, cam_dir: Path, out: Path, workers: int, start
     from omegaconf import OmegaConf
 
     from common import compose_cfg, data_overrides
-    from vwl_lightning.crf import crf_params_from_config
     from vwl_lightning.data.source import resolve_data
-    from vwl_lightning.stages.pseudo_labels import make_pseudo_labels
+    from vwl_lightning.pseudo.dense_crf import crf_params_from_config
+    from vwl_lightning.stages.make_pseudo_masks import make_pseudo_labels
 
     cfg = compose_cfg(data_overrides(work / "cache", images), work / "run")
     data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))

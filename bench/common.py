@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from vwl_lightning.__main__ import config_dir
+from vwl_lightning.utils.config import config_dir
 
 RESULT_PREFIX = "RESULT "
 # the embedded benchmark's images (112 px) and classifier, quiet; the data-set size is set per call

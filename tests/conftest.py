@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from vwl_lightning.__main__ import config_dir
+from vwl_lightning.utils.config import config_dir
 
 # the embedded benchmark at test size: tiny images, a few dozen of them, materialised once per session
 TINY_DATA = [

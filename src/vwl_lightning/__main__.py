@@ -14,17 +14,9 @@ import hydra
 from omegaconf import DictConfig
 
 from vwl_lightning.errors import VWLError
+from vwl_lightning.utils.config import config_dir
 
 log = logging.getLogger("vwl_lightning")
-
-
-def config_dir() -> str:
-    """The ``conf/`` folder of the checkout (the package is installed in editable mode)."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"cannot find the conf/ folder near {here}; install with `pip install -e .`")
 
 
 def run(cfg: DictConfig) -> object:
@@ -48,7 +40,7 @@ def _hydra_main(cfg: DictConfig) -> object:
         return result
     except VWLError as exc:
         if multirun:  # a sweep records the failed job and goes on with the others
-            from vwl_lightning.sweep import record_failure
+            from vwl_lightning.tracking.sweep_summary import record_failure
 
             record_failure(Path(str(cfg.run_dir)), exc)
             return float("nan") if cfg.get("optimized_metric") else None
@@ -58,7 +50,7 @@ def _hydra_main(cfg: DictConfig) -> object:
     except Exception as exc:
         if not multirun:
             raise
-        from vwl_lightning.sweep import record_failure
+        from vwl_lightning.tracking.sweep_summary import record_failure
 
         record_failure(Path(str(cfg.run_dir)), exc)
         return float("nan") if cfg.get("optimized_metric") else None

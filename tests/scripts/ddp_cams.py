@@ -18,8 +18,8 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from vwl_lightning.__main__ import config_dir
 from vwl_lightning.stages import make_cams as stage
+from vwl_lightning.utils.config import config_dir
 
 
 def record_writes(out_dir: Path, sleep: float) -> None:

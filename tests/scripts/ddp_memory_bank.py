@@ -14,8 +14,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from vwl_lightning.__main__ import config_dir
 from vwl_lightning.stages.train_classifier import build_datamodule, build_module, build_trainer
+from vwl_lightning.utils.config import config_dir
 
 
 class SaveBank(pl.Callback):

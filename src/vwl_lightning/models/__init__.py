@@ -1,1 +1,2 @@
-"""Networks: backbone, hybrid pooling, visual-word codebooks, the VWL classifier, DeepLab."""
+"""Networks only (plain ``nn.Module``): backbone, hybrid pooling, visual-word codebooks, the VWL classifier
+network, DeepLabV2."""

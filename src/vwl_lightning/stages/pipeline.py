@@ -19,12 +19,19 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from vwl_lightning.cam_files import cam_path, cams_to_label, load_cam_file
+from vwl_lightning.cam.files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.errors import ConfigError
-from vwl_lightning.tracking import finish_active_run, log_artifact, log_masks, log_report, stage_run, uses_wandb
+from vwl_lightning.tracking.wandb_runs import (
+    finish_active_run,
+    log_artifact,
+    log_masks,
+    log_report,
+    stage_run,
+    uses_wandb,
+)
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
@@ -58,7 +65,7 @@ def run_cams(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
 
 
 def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
-    from vwl_lightning.stages.seed_eval import evaluate_seeds
+    from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
 
     s = cfg.seeds
     out_dir = Path(str(s.out_dir))
@@ -80,8 +87,8 @@ def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
 
 
 def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
-    from vwl_lightning.crf import crf_params_from_config
-    from vwl_lightning.stages.pseudo_labels import make_pseudo_labels
+    from vwl_lightning.pseudo.dense_crf import crf_params_from_config
+    from vwl_lightning.stages.make_pseudo_masks import make_pseudo_labels
 
     p = cfg.pseudo
     out_dir = Path(str(p.out_dir))

@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 from vwl_lightning.data.datamodule import ClassificationDataModule
-from vwl_lightning.logging_setup import build_logger
-from vwl_lightning.stages.classifier import ClassifierModule
-from vwl_lightning.tracking import finish_active_run, log_artifact
+from vwl_lightning.modules.classifier import ClassifierModule
+from vwl_lightning.tracking.loggers import build_logger
+from vwl_lightning.tracking.wandb_runs import finish_active_run, log_artifact
 from vwl_lightning.utils.checkpoints import rolling_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 

@@ -14,9 +14,9 @@ run through the network together with its mirror image when ``eval.flip``, the l
 the image size (bilinear) and un-mirrored, and the set is fused by ``eval.fusion`` (element-wise ``max``
 or ``mean``); P = softmax(fused logits), prediction = argmax P.  (MSC, when on, acts inside the network.)
 CRF variant: ``Q = CRF(image, P)`` with ``eval.crf_preset`` (spec §7: ``deeplab_test``;
-:func:`vwl_lightning.crf.crf_from_probs`, unary −log P), prediction = argmax Q.
-Scores: :class:`~vwl_lightning.metrics.SegmentationConfusion` (255 ignored, mIoU over the classes that
-occur), reported by :func:`~vwl_lightning.reports.write_segmentation_report`.
+:func:`vwl_lightning.pseudo.dense_crf.crf_from_probs`, unary −log P), prediction = argmax Q.
+Scores: :class:`~vwl_lightning.evaluation.metrics.SegmentationConfusion` (255 ignored, mIoU over the classes that
+occur), reported by :func:`~vwl_lightning.evaluation.reports.write_segmentation_report`.
 
 Run again with the same folder: a completed stage is skipped; an interrupted one resumes training from
 ``last.ckpt``, or, when ``segmenter.ckpt`` already exists, only redoes the evaluation.  Bad pseudo masks
@@ -43,22 +43,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vwl_lightning.crf import CRFParams, crf_from_probs, crf_params_from_config
 from vwl_lightning.data.datamodule import collate
 from vwl_lightning.data.label_png import read_label_png, write_label_png
 from vwl_lightning.data.layout import VOCLayout, load_rgb
+from vwl_lightning.data.pseudo_mask_data import SegmenterDataModule, check_pseudo_masks, resolve_mask_dir
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
 from vwl_lightning.errors import ConfigError, DataError
-from vwl_lightning.logging_setup import build_logger
-from vwl_lightning.metrics import SegmentationConfusion
-from vwl_lightning.reports import write_segmentation_report
-from vwl_lightning.stages.segmenter import (
-    SegmenterDataModule,
-    SegmenterModule,
-    check_pseudo_masks,
-    resolve_mask_dir,
-)
+from vwl_lightning.evaluation.metrics import SegmentationConfusion
+from vwl_lightning.evaluation.reports import write_segmentation_report
+from vwl_lightning.modules.segmenter import SegmenterModule
+from vwl_lightning.pseudo.dense_crf import CRFParams, crf_from_probs, crf_params_from_config
+from vwl_lightning.tracking.loggers import build_logger
 from vwl_lightning.utils.checkpoints import rolling_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
@@ -201,7 +197,7 @@ def run_crf_job(job: CrfJob) -> np.ndarray:
 
 
 def _same_size_batches(layout: VOCLayout, ids: Sequence[str], batch_size: int) -> Iterator[list[int]]:
-    from vwl_lightning.stages.make_cams import SameSizeBatches, image_size
+    from vwl_lightning.data.batching import SameSizeBatches, image_size
 
     return iter(SameSizeBatches([image_size(layout.image_path(i)) for i in ids], batch_size))
 

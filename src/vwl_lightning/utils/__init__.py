@@ -1,1 +1,2 @@
-"""Small helpers shared by the stages: atomic file output, manifests."""
+"""Small helpers shared by every layer: atomic file output, manifests, checkpoints, precision, the config
+folder."""

@@ -1,0 +1,2 @@
+"""Scoring against ground truth: mIoU (``metrics``), reports, CAM diagnostics (completeness, spill),
+the embedded benchmark's mechanism checks and codebook use."""

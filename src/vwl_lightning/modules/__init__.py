@@ -1,0 +1,1 @@
+"""LightningModules: the VWL classifier, CAM inference, the segmenter, and their optimiser settings."""

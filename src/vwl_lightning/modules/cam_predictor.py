@@ -1,0 +1,51 @@
+"""The CAM-inference LightningModule: multi-scale + flip CAMs of a trained classifier (spec §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from vwl_lightning.cam.files import stride4_shape
+from vwl_lightning.cam.fusion import keep_labelled, multiscale_cams
+from vwl_lightning.errors import ConfigError
+from vwl_lightning.models.classifier import VWLClassifier
+
+
+class CamPredictor(pl.LightningModule):
+    """Runs :func:`~vwl_lightning.cam.fusion.multiscale_cams` and keeps each image's labelled classes."""
+
+    def __init__(self, classifier: VWLClassifier, scales: Sequence[float], flip: bool, flip_fusion: str,
+                 channels_last: bool) -> None:
+        super().__init__()
+        if flip_fusion not in ("max", "sum"):
+            raise ConfigError(f"cam.flip_fusion must be 'max' (VWL) or 'sum' (IRN), got {flip_fusion!r}")
+        if not scales or any(s <= 0 for s in scales):
+            raise ConfigError(f"cam.scales must be a non-empty list of positive numbers, got {list(scales)}")
+        self.classifier = classifier.eval()
+        self.scales = tuple(float(s) for s in scales)
+        self.flip, self.flip_fusion, self.channels_last = flip, flip_fusion, channels_last
+        if channels_last:
+            self.classifier = self.classifier.to(memory_format=torch.channels_last)
+
+    def _cam(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.classifier.cam(images)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        images = batch["image"]
+        low_size = stride4_shape(*images.shape[-2:])
+        high, low = multiscale_cams(self._cam, images, self.scales, self.flip, self.flip_fusion, low_size)
+        results = []
+        for i, image_id in enumerate(batch["id"]):
+            keys = batch["keys"][i].to(high.device)
+            results.append({
+                "id": image_id,
+                "keys": (keys + 1).cpu().numpy(),
+                "high_res": keep_labelled(high[i], keys).cpu().numpy(),
+                "cam": keep_labelled(low[i], keys).cpu().numpy(),
+            })
+        return results

@@ -1,0 +1,165 @@
+"""Stage 1: the VWL classifier as a LightningModule (spec §1–4).
+
+Loss (spec §2.2, §2.3), each term weighted in config (``model.loss``) and logged on its own::
+
+    L = w_img·MLSM(p^img, y) + w_w2i·MLSM(p^w2i, y) + w_word·MLSM(p^word, y^word) + w_decov·L_decov
+
+VWL-L uses all four (weights 1); VWL-M has no w2i or decov term and instead updates its memory bank
+after every step; the plain-CAM baseline has only the image term.
+Validation logs multi-label mAP and a quick CAM mIoU (single scale, no flip, background score
+``model.val_bg_score``) on the validation split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
+from torchmetrics.classification import MultilabelAveragePrecision
+
+from vwl_lightning.cam.fusion import cams_to_prediction, normalise_cams
+from vwl_lightning.errors import DataError
+from vwl_lightning.evaluation.metrics import SegmentationConfusion
+from vwl_lightning.models.backbone import Backbone, weights_from_checkpoint
+from vwl_lightning.models.classifier import VWLClassifier
+from vwl_lightning.models.codebook import build_codebook
+from vwl_lightning.models.pooling import build_pooling
+from vwl_lightning.modules.optim import build_sgd, poly_lambda, trainable
+from vwl_lightning.tracking.wandb_runs import cam_overlay, denormalise, mask_image, wandb_image
+
+
+def build_classifier(num_classes: int, backbone: dict, pool: dict, codebook: dict) -> VWLClassifier:
+    """Build the network from the ``model`` config (``num_classes`` = foreground classes)."""
+    net = Backbone(**backbone)
+    return VWLClassifier(
+        backbone=net,
+        pooling=build_pooling(pool["kind"], gamma=pool.get("gamma", 2.0), levels=pool.get("levels", (1, 2, 4))),
+        codebook=build_codebook(codebook["kind"], size=int(codebook.get("size", 256)), dim=net.out_channels,
+                                num_classes=num_classes, tau=float(codebook.get("tau", 1.0)),
+                                ema_rate=float(codebook.get("ema_rate", 1e-3)),
+                                init=str(codebook.get("init", "kaiming"))),
+        num_classes=num_classes,
+    )
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains :class:`VWLClassifier` on image-level labels.
+
+    Args:
+        num_classes: foreground classes.
+        backbone, pool, codebook: sub-configs of :func:`build_classifier`.
+        loss: weights ``img``, ``w2i``, ``word``, ``decov``.
+        optim: ``lr``, ``new_layer_lr_mult``, ``weight_decay``, ``momentum``, ``poly_power``.
+        val_bg_score: background score of the quick validation CAM mIoU.
+        channels_last: run the network in channels-last memory format.
+        class_names: names with background first (for logged masks).
+        log_images: CAM overlays / seed masks of the first validation batch logged to W&B per epoch.
+    """
+
+    def __init__(self, num_classes: int, backbone: dict, pool: dict, codebook: dict, loss: dict,
+                 optim: dict, val_bg_score: float = 0.13, channels_last: bool = False,
+                 class_names: list[str] | None = None, log_images: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_classifier(num_classes, backbone, pool, codebook)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_weights = {k: float(v) for k, v in loss.items()}
+        self.optim_cfg = dict(optim)
+        self.val_map = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
+        self.val_cam = SegmentationConfusion(num_classes + 1)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
+        """Every loss term of the batch (unweighted) and the network output."""
+        out = self.model(self._prepare(images))
+        losses = {"img": F.multilabel_soft_margin_loss(out.logits, labels)}
+        words = out.codebook
+        if words is not None:
+            losses["word"] = F.multilabel_soft_margin_loss(words.word_logits, words.word_targets)
+            if words.w2i_logits is not None:
+                losses["w2i"] = F.multilabel_soft_margin_loss(words.w2i_logits, labels)
+            losses.update(words.aux_losses)
+        return losses, out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses, out = self.compute_losses(batch["image"], batch["label"])
+        total = sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
+        bank = self.model.memory_bank
+        if bank is not None:
+            bank.update(out.features)
+        batch_size = batch["image"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images, labels, masks = batch["image"], batch["label"], batch["mask"]
+        features = self.model.backbone(self._prepare(images))
+        logits = self.model.pooling(features) @ self.model.classifier.weight.flatten(1).t()
+        self.val_map.update(torch.sigmoid(logits), labels.long())
+        cams = torch.relu(self.model.classifier(features)).float()
+        cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        normalised = normalise_cams(cams, labels)
+        prediction = cams_to_prediction(normalised, self.hparams.val_bg_score)
+        self.val_cam.update(prediction, masks)
+        if batch_idx == 0:
+            self._log_examples(images, normalised, prediction, masks)
+
+    def _log_examples(self, images: torch.Tensor, cams: torch.Tensor, prediction: torch.Tensor,
+                      masks: torch.Tensor) -> None:
+        """CAM overlays (strongest labelled class) and seed vs ground-truth masks, to W&B only."""
+        count = min(int(self.hparams.log_images), images.shape[0])
+        if (count <= 0 or not isinstance(self.logger, WandbLogger) or self.global_rank != 0
+                or self.trainer.sanity_checking):
+            return
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes + 1)]
+        overlays, seeds = [], []
+        for i in range(count):
+            image = denormalise(images[i].float().cpu().numpy())
+            heat = cams[i].max(dim=0).values.cpu().numpy()
+            overlays.append(wandb_image(cam_overlay(image, heat), caption=f"epoch {self.current_epoch}"))
+            seeds.append(mask_image(image, names, prediction=prediction[i].cpu().numpy(),
+                                    ground_truth=masks[i].cpu().numpy()))
+        self.logger.experiment.log({"val/cam_overlay": overlays, "val/seed_masks": seeds,
+                                    "trainer/global_step": self.global_step})
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/mAP", self.val_map.compute(), prog_bar=True, sync_dist=False)
+        scores = self.val_cam.scores()
+        self.log("val/cam_mIoU", scores["miou"], prog_bar=True)
+        self.val_map.reset()
+        self.val_cam.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim_cfg
+        new_params = {id(p) for m in self.model.new_layers() for p in m.parameters()}
+        backbone_params = [p for p in trainable(self.model.parameters()) if id(p) not in new_params]
+        new_layer_params = [p for m in self.model.new_layers() for p in trainable(m.parameters())]
+        optimizer = build_sgd(
+            [{"name": "backbone", "params": backbone_params, "lr_mult": 1.0},
+             {"name": "new_layers", "params": new_layer_params, "lr_mult": float(o["new_layer_lr_mult"])}],
+            lr=float(o["lr"]), momentum=float(o["momentum"]), weight_decay=float(o["weight_decay"]),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, float(o["poly_power"])))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_classifier(path: Path) -> ClassifierModule:
+    """Load our classifier checkpoint; anything else is reported as a foreign checkpoint."""
+    try:
+        with weights_from_checkpoint():  # the checkpoint holds every weight: no hub, no weight file
+            return ClassifierModule.load_from_checkpoint(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
+        raise DataError(f"{path}: not a vwl_lightning classifier checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None

@@ -1,0 +1,86 @@
+"""Seed evaluation: the mIoU of CAM seeds against ground truth over a background-score sweep (spec §5).
+
+For every image of the split, its CAM file (``high_res``, ``keys``) and ground-truth mask are read once;
+:class:`~vwl_lightning.evaluation.metrics.BackgroundSweep` accumulates a confusion matrix per background score, and
+the report gives the mIoU at every score, the best one, and the per-class scores at the configured score
+(spec §5: 0.13 for v2; the sweep default is 0.05..0.60 step 0.01).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vwl_lightning.cam.files import cam_path, check_cam_manifest, load_cam_file, resolve_class_names
+from vwl_lightning.data.label_png import read_label_png
+from vwl_lightning.data.layout import VOCLayout
+from vwl_lightning.errors import DataError
+from vwl_lightning.evaluation.metrics import BackgroundSweep, default_bg_scores, scores_from_confusion
+from vwl_lightning.evaluation.reports import write_segmentation_report
+
+
+def sweep_scores_with(bg_scores: Sequence[float] | None, configured_score: float) -> list[float]:
+    """The swept scores, sorted, with ``configured_score`` added if it is not already among them."""
+    scores = list(default_bg_scores() if bg_scores is None else bg_scores)
+    if not any(abs(s - configured_score) < 1e-9 for s in scores):
+        scores.append(float(configured_score))
+    return sorted(float(s) for s in scores)
+
+
+def evaluate_seeds(
+    cam_dir: str | os.PathLike,
+    layout: VOCLayout,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    class_names: Sequence[str] | None = None,
+    bg_scores: Sequence[float] | None = None,
+    configured_score: float = 0.13,
+    dataset: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the CAM seeds of ``split`` in one pass and write the report into ``out_dir``.
+
+    Seed at score ``s``: ``argmax [s, CAMs]`` mapped through ``keys`` (ties to background).  Returns the
+    metrics dict of ``metrics.json``: ``best_bg_score``, ``best_miou``, ``miou_at_configured``, the curve,
+    and per-class IoU/precision/recall at the configured score (headline ``miou`` = the configured one).
+    A missing or corrupt CAM file, a CAM manifest for another split/data set, or a ground-truth mask of the
+    wrong size or with bad values raises DataError naming the file.
+    """
+    cam_dir = Path(cam_dir)
+    if not cam_dir.is_dir():
+        raise DataError(f"{cam_dir}: CAM directory not found")
+    check_cam_manifest(cam_dir, split, layout.root, dataset)
+    names = resolve_class_names(cam_dir, class_names)
+    num_classes = len(names)
+    ids = layout.split_ids(split)
+    missing = [i for i in ids if not cam_path(cam_dir, i).is_file()]
+    if missing:
+        raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of {len(ids)} "
+                        f"images of split '{split}' have none)")
+    sweep = BackgroundSweep(num_classes, sweep_scores_with(bg_scores, configured_score),
+                            sync_on_compute=False)  # one process reads every file: nothing to gather
+    for image_id in tqdm(ids, desc=f"seed eval {split}", unit="img", disable=not progress):
+        path = cam_path(cam_dir, image_id)
+        record = load_cam_file(path, num_classes)
+        gt_path = layout.mask_path(image_id)
+        gt = read_label_png(gt_path)
+        sweep.update(record.high_res, record.keys, gt, name=str(gt_path), cam_name=str(path))
+    summary = sweep.summary(configured_score)
+    conf = sweep.compute().cpu().numpy()[sweep.index_of(configured_score)]
+    scores = scores_from_confusion(conf)
+    extra = {
+        "cam_dir": str(cam_dir),
+        "split": split,
+        "num_images": len(ids),
+        "seed_rule": "argmax over [bg_score, CAMs] (float32), ties to background",
+        "confusion_at_configured": np.asarray(conf, dtype=np.int64).tolist(),
+    }
+    return write_segmentation_report(
+        out_dir, scores, names, sweep=summary, configured_score=configured_score,
+        title=f"CAM seeds, {split} ({len(ids)} images), bg score {configured_score:.2f}", extra=extra)

@@ -1,0 +1,178 @@
+"""The one-command pipeline on a tiny embedded benchmark: classifier → CAMs → seeds → CRF pseudo masks →
+segmenter, every stage's outputs and manifest, results.json/md, resume after an interrupted segmenter, and
+each stage run alone from another run's folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from vwl_lightning.cam.files import cam_path
+from vwl_lightning.data.label_png import read_label_png
+from vwl_lightning.errors import DataError
+from vwl_lightning.stages.pipeline import PIPELINE, run
+from vwl_lightning.utils.manifest import read_manifest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# one epoch per trained stage, two CAM scales, small networks, everything in the main process
+TINY_PIPELINE = [
+    *TINY_DATA, *QUIET_TRAINER,
+    "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
+    "cam.scales=[1.0,0.5]", "cam.num_workers=0", "cam.batch_size=8",
+    "pseudo.num_workers=0",
+    "segmenter.max_epochs=1", "segmenter.backbone.model_kwargs.channels=[8,16,32,64]",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> SimpleNamespace:
+    """The whole pipeline once, in-process, as ``python -m vwl_lightning`` runs it."""
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    cfg = compose_config(TINY_PIPELINE, run_dir, cache_dir)
+    assert cfg.stage == "pipeline"
+    headline = run(cfg)
+    return SimpleNamespace(cfg=cfg, run_dir=run_dir, headline=headline, cache=cache_dir)
+
+
+def ids_of(cfg, split: str) -> list[str]:
+    from omegaconf import OmegaConf
+
+    from vwl_lightning.data.source import resolve_data
+
+    return resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True)).layout.split_ids(split)
+
+
+def test_pipeline_writes_every_stage_and_the_results(pipeline_run: SimpleNamespace) -> None:
+    run_dir, cfg = pipeline_run.run_dir, pipeline_run.cfg
+    assert PIPELINE == ("classifier", "cams", "seeds", "pseudo", "segmenter")
+    train_ids, val_ids = ids_of(cfg, "train"), ids_of(cfg, "val")
+    manifests = {name: read_manifest(run_dir / name) for name in PIPELINE}
+    assert all(m is not None and m["status"] == "complete" for m in manifests.values()), manifests
+    # classifier
+    assert manifests["classifier"]["checkpoint"] == str(run_dir / "classifier" / "classifier.ckpt")
+    assert (run_dir / "classifier" / "classifier.ckpt").is_file()
+    assert (run_dir / "classifier" / "checkpoints" / "last.ckpt").is_file()
+    # CAMs: one file per training image
+    assert manifests["cams"]["scales"] == [1.0, 0.5] and manifests["cams"]["counts"]["images"] == 48
+    assert all(cam_path(run_dir / "cams", i).is_file() for i in train_ids)
+    # seeds: the sweep report
+    for name in ("metrics.json", "metrics.md", "per_class_iou.png", "miou_vs_bg_score.png"):
+        assert (run_dir / "seeds" / name).is_file()
+    assert 0.0 <= manifests["seeds"]["metrics"]["miou_at_configured"] <= 1.0
+    # pseudo masks: one PNG per training image, scored
+    assert sorted(p.stem for p in (run_dir / "pseudo" / "masks").glob("*.png")) == sorted(train_ids)
+    assert 0.0 < manifests["pseudo"]["metrics"]["miou"] <= 1.0
+    # segmenter: trained on those masks, evaluated on val without and with CRF
+    seg = run_dir / "segmenter"
+    assert manifests["segmenter"]["mask_dir"] == str(run_dir / "pseudo" / "masks")
+    assert manifests["segmenter"]["num_pseudo_masks"] == 48
+    assert manifests["segmenter"]["config"]["segmenter"]["backbone_init"] == str(run_dir / "classifier")
+    for path in ("segmenter.ckpt", "checkpoints/last.ckpt", "eval/metrics.json", "eval/metrics.md",
+                 "eval/per_class_iou.png", "eval_crf/metrics.json", "eval_crf/metrics.md",
+                 "eval_crf/per_class_iou.png"):
+        assert (seg / path).is_file(), path
+    for sub in ("eval", "eval_crf"):
+        assert sorted(p.stem for p in (seg / sub / "predictions").glob("*.png")) == sorted(val_ids)
+    # results
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results == json.loads(json.dumps(pipeline_run.headline))
+    assert results["pseudo_mask_miou"] == manifests["pseudo"]["metrics"]["miou"]
+    assert results["segmenter_val_miou"] == manifests["segmenter"]["eval"]["eval"]["miou"]
+    assert results["segmenter_val_miou_crf"] == manifests["segmenter"]["eval"]["eval_crf"]["miou"]
+    assert set(results["stage_seconds"]) == set(PIPELINE)
+    assert all(v > 0 for v in results["stage_seconds"].values())
+    text = (run_dir / "results.md").read_text()
+    assert "segmenter_val_miou_crf" in text and "| segmenter |" in text
+
+
+def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: SimpleNamespace,
+                                                                 tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline_run.run_dir, run_dir)  # keeps mtimes
+    seg = run_dir / "segmenter"
+    shutil.rmtree(seg)  # the copy's segmenter starts from scratch
+    first_id = ids_of(pipeline_run.cfg, "train")[0]
+    watched = [run_dir / "classifier" / "classifier.ckpt", run_dir / "classifier" / "manifest.json",
+               cam_path(run_dir / "cams", first_id), run_dir / "seeds" / "manifest.json",
+               run_dir / "seeds" / "metrics.json", run_dir / "pseudo" / "manifest.json",
+               run_dir / "pseudo" / "masks" / f"{first_id}.png"]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    # `python -m vwl_lightning` in that folder, killed (SIGKILL) once the segmenter has a resume point
+    last = seg / "checkpoints" / "last.ckpt"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vwl_lightning", f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra",
+             f"paths.cache_dir={pipeline_run.cache}", *TINY_PIPELINE, "segmenter.max_epochs=50"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 300
+        while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+    assert last.is_file(), log.read_text()[-3000:]
+    assert read_manifest(seg) is None and not (seg / "segmenter.ckpt").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)
+    steps_per_epoch = 48 // 8
+    assert killed_at["global_step"] == killed_at["epoch"] * steps_per_epoch + steps_per_epoch  # an epoch's end
+    # run the pipeline again: earlier stages are skipped, the segmenter resumes and completes
+    epochs = killed_at["epoch"] + 3
+    headline = run(compose_config([*TINY_PIPELINE, f"segmenter.max_epochs={epochs}"], run_dir, pipeline_run.cache))
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    manifest = read_manifest(seg)
+    assert manifest["training"]["resumed_from"] == str(last)
+    assert manifest["training"]["epochs"] == epochs
+    assert manifest["training"]["global_step"] == epochs * steps_per_epoch
+    assert headline["segmenter_val_miou"] == manifest["eval"]["eval"]["miou"]
+    assert headline["segmenter_val_miou_crf"] == manifest["eval"]["eval_crf"]["miou"]
+    assert (seg / "eval_crf" / "metrics.json").is_file() and (seg / "segmenter.ckpt").is_file()
+
+
+def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNamespace, tmp_path: Path) -> None:
+    source = pipeline_run.run_dir
+    run_dir = tmp_path / "alone"
+
+    def stage(*overrides: str, where: Path = run_dir):
+        return run(compose_config([*TINY_PIPELINE, *overrides], where, pipeline_run.cache))
+
+    stage("stage=cams", f"cam.classifier_dir={source}/classifier")
+    stage("stage=seeds")  # reads this run's cams (seeds.cam_dir defaults to cam.out_dir)
+    stage("stage=pseudo", f"pseudo.cam_dir={source}/cams")
+    assert not (run_dir / "classifier").exists()
+    for name in ("cams", "seeds", "pseudo"):
+        assert read_manifest(run_dir / name) is not None, name
+    first_id = ids_of(pipeline_run.cfg, "train")[0]
+    same_cams = np.load(cam_path(run_dir / "cams", first_id))["high_res"]
+    np.testing.assert_allclose(same_cams, np.load(cam_path(source / "cams", first_id))["high_res"], atol=1e-3)
+    np.testing.assert_array_equal(read_label_png(run_dir / "pseudo" / "masks" / f"{first_id}.png"),
+                                  read_label_png(source / "pseudo" / "masks" / f"{first_id}.png"))
+    # the segmenter from the command line, on the other run's pseudo masks
+    env = {**os.environ, "VWL_CACHE_DIR": str(pipeline_run.cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "vwl_lightning", "stage=segmenter", f"segmenter.pseudo_dir={source}/pseudo",
+         f"segmenter.backbone_init={source}/classifier",
+         f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra", f"paths.cache_dir={pipeline_run.cache}",
+         *TINY_PIPELINE],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = read_manifest(run_dir / "segmenter")
+    assert manifest["mask_dir"] == str(source / "pseudo" / "masks")
+    assert manifest["config"]["segmenter"]["backbone_init"] == f"{source}/classifier"
+    assert f"segmenter (val): mIoU {manifest['eval']['eval']['miou']:.4f}" in result.stdout
+    # a pseudo folder that does not exist is refused, naming the key and the folder
+    with pytest.raises(DataError, match=rf"segmenter\.pseudo_dir {tmp_path}/nothing: pseudo-mask folder not found"):
+        stage("stage=segmenter", f"segmenter.pseudo_dir={tmp_path}/nothing", where=tmp_path / "other")

@@ -1,0 +1,56 @@
+"""The ablation task end to end on a tiny setting: every run, the aggregate table and the chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import QUIET_TRAINER, TINY_DATA
+from vwl_lightning.studies.ablation import MEASURES, aggregate, main
+
+
+def test_aggregate_mean_and_sample_std() -> None:
+    rows = [{"variant": "a", "seed": s, **{m: v for m in MEASURES}} for s, v in ((1, 0.2), (2, 0.4), (3, 0.9))]
+    table = aggregate(rows)
+    assert table["a"]["seed_miou_best"]["mean"] == pytest.approx(0.5)
+    assert table["a"]["seed_miou_best"]["std"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+
+
+def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: Path, capsys) -> None:
+    out = tmp_path / "ablation"
+    overrides = [*TINY_DATA, *QUIET_TRAINER, f"paths.cache_dir={cache_dir}", "model.max_epochs=1",
+                 "model.codebook.size=8", "cam.scales=[1.0]", "pseudo.num_workers=0"]
+    assert main(["--seeds", "1", "2", "--out", str(out), "--variants", "plain CAM", "VWL-L + hybrid pooling", "--",
+                 *overrides]) == 0
+    blob = json.loads((out / "ablation.json").read_text())
+    assert len(blob["runs"]) == 4 and set(blob["variants"]) == {"plain CAM", "VWL-L + hybrid pooling"}
+    for run in blob["runs"]:
+        for measure in MEASURES:
+            assert 0.0 <= run[measure] <= 1.0
+        assert run["badge_activation"] >= 0 and run["body_activation"] >= 0 and run["spill_typical_scene"] >= 0
+        assert (Path(run["run_dir"]) / "seeds" / "manifest.json").is_file()
+        assert (Path(run["run_dir"]) / "pseudo" / "manifest.json").is_file()
+        if run["variant"] == "plain CAM":
+            assert run["words_used"] is None
+        else:  # K = 8 words; at least one is the nearest somewhere
+            assert 1 <= run["words_used"] <= 8 and 1.0 <= run["word_perplexity"] <= run["words_used"] + 1e-9
+    assert "| VWL-L + hybrid pooling |" in (out / "ablation.md").read_text().split("Codebook use")[1]
+    vwl = [r["seed_miou_best"] for r in blob["runs"] if r["variant"] == "VWL-L + hybrid pooling"]
+    assert blob["variants"]["VWL-L + hybrid pooling"]["seed_miou_best"]["mean"] == pytest.approx(np.mean(vwl))
+    assert (out / "ablation_bars.png").stat().st_size > 1000
+    assert "| VWL-L + hybrid pooling |" in (out / "ablation.md").read_text()
+    assert "plain CAM" in capsys.readouterr().out
+    assert all(run["stage_seconds"] > 0 for run in blob["runs"])
+    assert blob["compute_seconds"] == pytest.approx(sum(run["stage_seconds"] for run in blob["runs"]))
+
+    # a second invocation resumes: every stage is skipped, the results and the recorded stage times stay
+    assert main(["--seeds", "1", "2", "--out", str(out), "--variants", "plain CAM", "VWL-L + hybrid pooling", "--",
+                 *overrides]) == 0
+    again = json.loads((out / "ablation.json").read_text())
+    for before, after in zip(blob["runs"], again["runs"], strict=True):
+        assert after["seed_miou_best"] == before["seed_miou_best"]
+        assert after["stage_seconds"] == before["stage_seconds"]
+    assert again["seconds"] < blob["seconds"]
