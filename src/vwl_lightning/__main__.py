@@ -14,9 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from vwl_lightning.errors import VWLError
-from vwl_lightning.utils.config import config_dir
+from vwl_lightning.utils.config import config_dir, register_resolvers
 
 log = logging.getLogger("vwl_lightning")
+register_resolvers()  # ${vwl_run_tag:...} in hydra.run.dir
 
 
 def run(cfg: DictConfig) -> object:

@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from vwl_lightning.data.coco import COCO_DOWNLOAD_URLS, COCO_SPLIT_SIZES
 from vwl_lightning.data.image_labels import LABELS_FILENAME, load_image_labels
 from vwl_lightning.data.label_png import read_label_png
-from vwl_lightning.data.meta import DatasetMeta
+from vwl_lightning.data.layout import VOCLayout
+from vwl_lightning.data.meta import IGNORE_INDEX, DatasetMeta
 from vwl_lightning.data.sbd import SBD_URL, VOC_SPLIT_SIZES, VOC_URL
 from vwl_lightning.data.source import DATASET_INFO, KINDS, read_meta
 from vwl_lightning.errors import ConfigError, DataError
@@ -128,6 +130,7 @@ def check_layout(
     splits: Sequence[str] | None = None,
     mask_dir: str = DEFAULT_MASK_DIR,
     deep: bool = False,
+    decode_images: bool = True,
 ) -> LayoutReport:
     """Inspect ``root`` (the folder that should hold ``JPEGImages/``) without changing it.
 
@@ -136,7 +139,11 @@ def check_layout(
         kind: ``voc``, ``coco`` or ``synthetic``; default: ``dataset.json``'s name, else ``voc``.
         splits: split lists to check; default ``train_aug val`` (VOC) or ``train val``.
         mask_dir: the mask folder under the root.
-        deep: also decode every listed mask and compare its size with its image's header.
+        deep: also decode every listed mask, check its values (class indices ``0..C-1`` or 255) and its size
+            against its image's, and (with ``decode_images``) decode every listed image completely, so a
+            truncated JPEG is found here and not in the middle of training.
+        decode_images: with ``deep``, decode the images too (the pipeline's start-up check leaves this off:
+            mask decoding is the cheap part, image sizes then come from the JPEG headers).
     """
     root = Path(root).expanduser()
     kind = kind or (_infer_kind(root) if root.is_dir() else "voc")
@@ -164,7 +171,7 @@ def check_layout(
 
     listed: list[str] = []
     for split in report.splits:
-        ids = _check_split(report, split, image_dir, masks, deep)
+        ids = _check_split(report, split, image_dir, masks, deep, meta, decode_images)
         listed.extend(ids)
     _check_labels(report, meta, listed)
     return report
@@ -198,7 +205,8 @@ def _check_info(report: LayoutReport) -> DatasetMeta | None:
     return meta
 
 
-def _check_split(report: LayoutReport, split: str, image_dir: Path, masks: Path, deep: bool) -> list[str]:
+def _check_split(report: LayoutReport, split: str, image_dir: Path, masks: Path, deep: bool,
+                 meta: DatasetMeta | None = None, decode_images: bool = True) -> list[str]:
     """Split list present, its size, and the images and masks of its ids."""
     kind, root = report.kind, report.root
     path = root / SPLIT_DIR / f"{split}.txt"
@@ -226,31 +234,111 @@ def _check_split(report: LayoutReport, split: str, image_dir: Path, masks: Path,
             report.missing.append(Finding(f"{masks.name}/ masks of split {split}",
                                           f"missing for {_ids_text(no_mask)}", _how(kind, "masks", root, split)))
         if deep:
-            _check_mask_sizes(report, split, ids, image_dir, masks)
+            _check_masks(report, split, ids, image_dir, masks, meta, decode_images)
+    elif deep and decode_images and image_dir.is_dir():
+        _check_masks(report, split, ids, image_dir, None, meta, decode_images)
     return ids
 
 
-def _check_mask_sizes(report: LayoutReport, split: str, ids: list[str], image_dir: Path, masks: Path) -> None:
-    """Decode each listed mask and compare its size with its image's (header only)."""
-    bad: list[str] = []
-    first_error = ""
-    for image_id in ids:
-        mask_path, image_path = masks / f"{image_id}.png", image_dir / f"{image_id}.jpg"
-        if not (mask_path.is_file() and image_path.is_file()):
-            continue
-        try:
-            shape = read_label_png(mask_path).shape
+def decode_image(path: Path) -> tuple[int, int]:
+    """Decode ``path`` completely (a truncated or corrupt file raises DataError naming it); return (W, H)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from None
+
+
+def mask_problem(mask_path: Path, image_path: Path, num_classes: int | None, decode: bool) -> str | None:
+    """Why the mask (and, with ``decode``, its image) cannot be used, or None: mask undecodable, values
+    outside ``0..num_classes-1`` and 255, or a size that differs from the image's."""
+    try:
+        if decode:
+            width, height = decode_image(image_path)
+        else:
             with Image.open(image_path) as image:
                 width, height = image.size
-            if shape != (height, width):
-                raise DataError(f"{mask_path}: mask {shape[1]}x{shape[0]} differs from image {width}x{height}")
-        except (DataError, OSError, SyntaxError) as exc:
+        if not mask_path.is_file():
+            return None
+        mask = read_label_png(mask_path)
+    except (DataError, OSError, SyntaxError) as exc:
+        return str(exc)
+    if mask.shape != (height, width):
+        return f"{mask_path}: mask {mask.shape[1]}x{mask.shape[0]} differs from image {width}x{height}"
+    if num_classes is not None:
+        values = np.unique(mask)
+        bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+        if bad.size:
+            return (f"{mask_path}: mask holds value(s) {bad.tolist()[:5]}; expected class indices 0..{num_classes - 1} "
+                    f"or {IGNORE_INDEX}")
+    return None
+
+
+def _check_masks(report: LayoutReport, split: str, ids: list[str], image_dir: Path, masks: Path | None,
+                 meta: DatasetMeta | None, decode_images: bool) -> None:
+    """Every listed mask decodes, holds only valid values and has its image's size; with ``decode_images``
+    every listed image decodes completely."""
+    bad: list[str] = []
+    first_error = ""
+    num_classes = meta.num_classes if meta is not None else None
+    for image_id in ids:
+        image_path = image_dir / f"{image_id}.jpg"
+        if not image_path.is_file():
+            continue
+        mask_path = (masks / f"{image_id}.png") if masks is not None else image_dir / f".none-{image_id}.png"
+        problem = mask_problem(mask_path, image_path, num_classes, decode_images)
+        if problem:
             bad.append(image_id)
-            first_error = first_error or str(exc)
+            first_error = first_error or problem
     if bad:
-        report.missing.append(Finding(f"{masks.name}/ masks of split {split}",
-                                      f"unreadable or of the wrong size for {_ids_text(bad)} (first: {first_error})",
-                                      _how(report.kind, "masks", report.root, split)))
+        what = f"{masks.name}/ masks" if masks is not None else f"{IMAGE_DIR}/ images"
+        report.missing.append(Finding(f"{what} of split {split}",
+                                      f"unreadable, of the wrong size or with invalid values for {_ids_text(bad)} "
+                                      f"(first: {first_error})", _how(report.kind, "masks", report.root, split)))
+
+
+def masks_check_key(layout: VOCLayout, splits: Sequence[str]) -> str:
+    """Cache key of :func:`check_masks_before_training`: root, mask folder, and the size and modification time
+    of the split lists and of the image and mask folders (a re-prepared data set gets a new key)."""
+    import hashlib
+
+    parts = [str(Path(layout.root).resolve()), str(layout.mask_dir)]
+    folders = [layout.root / layout.image_dir, layout.root / layout.mask_dir]
+    for path in [layout.root / SPLIT_DIR / f"{split}.txt" for split in splits] + folders:
+        stat = path.stat() if path.exists() else None
+        parts.append(f"{path.name}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def check_masks_before_training(layout: VOCLayout, num_classes: int, splits: Sequence[str],
+                                cache_dir: str | os.PathLike | None = None) -> int:
+    """The cheap part of ``--deep`` that the pipeline runs before the classifier starts: every existing mask
+    of ``splits`` decodes, holds only ``0..num_classes-1`` or 255, and has its image's size (from the JPEG
+    header). The first bad mask raises DataError naming it. A pass is remembered in
+    ``<cache_dir>/layout_checks/<key>.json`` (:func:`masks_check_key`); returns the masks checked (0 when cached).
+    """
+    from vwl_lightning.utils.io import write_json_atomic
+
+    splits = list(dict.fromkeys(splits))
+    stamp = Path(cache_dir) / "layout_checks" / f"{masks_check_key(layout, splits)}.json" if cache_dir else None
+    if stamp is not None and stamp.is_file():
+        return 0
+    checked = 0
+    for split in splits:
+        for image_id in layout.split_ids(split):
+            mask_path, image_path = layout.mask_path(image_id), layout.image_path(image_id)
+            if not (mask_path.is_file() and image_path.is_file()):
+                continue
+            problem = mask_problem(mask_path, image_path, num_classes, decode=False)
+            if problem:
+                raise DataError(f"{problem} (split {split}; found before training by the mask check, "
+                                f"`python -m vwl_lightning.data.check_layout {layout.root} --deep` lists all)")
+            checked += 1
+    if stamp is not None:
+        write_json_atomic(stamp, {"root": str(layout.root), "mask_dir": str(layout.mask_dir), "splits": splits,
+                                  "masks_checked": checked, "status": "ok"})
+    return checked
 
 
 def _check_labels(report: LayoutReport, meta: DatasetMeta | None, listed: list[str]) -> None:
@@ -286,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", nargs="+", default=None,
                         help="split lists to check (default: train_aug val for VOC, train val otherwise)")
     parser.add_argument("--mask-dir", default=DEFAULT_MASK_DIR, help="mask folder under the root")
-    parser.add_argument("--deep", action="store_true", help="decode every listed mask and compare sizes")
+    parser.add_argument("--deep", action="store_true",
+                        help="decode every listed image and mask; check mask values and sizes")
     return parser
 
 

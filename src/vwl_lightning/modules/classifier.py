@@ -159,7 +159,7 @@ def load_classifier(path: Path) -> ClassifierModule:
     """Load our classifier checkpoint; anything else is reported as a foreign checkpoint."""
     try:
         with weights_from_checkpoint():  # the checkpoint holds every weight: no hub, no weight file
-            return ClassifierModule.load_from_checkpoint(path, map_location="cpu")
+            return ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
         raise DataError(f"{path}: not a vwl_lightning classifier checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None

@@ -2,9 +2,16 @@
 masks, evaluated on val without and with CRF), each stage in its own folder under ``run_dir`` with a
 manifest (written last).
 
-Running again in the same ``run_dir`` skips the stages whose manifest is complete and resumes the one
-that was interrupted. ``stage=<name>`` runs one stage alone, reading the folder of the stage before it
-(``cam.classifier_dir``, ``seeds.cam_dir``, ``pseudo.cam_dir``, ``segmenter.pseudo_dir``).
+Running again in the same ``run_dir`` skips the stages that are complete *and were made with the current
+settings* (their fingerprint, :mod:`vwl_lightning.stages.identity`) and resumes the one that was interrupted;
+a stage made with other settings is refused with one line naming the keys, or redone with
+``recompute=true`` / ``recompute=[stage,...]`` (and so is every stage after it). ``stage=<name>`` runs one
+stage alone, reading the folder of the stage before it (``cam.classifier_dir``, ``seeds.cam_dir``,
+``pseudo.cam_dir``, ``segmenter.pseudo_dir``) and taking the data settings recorded there.
+
+Before anything runs, :func:`~vwl_lightning.stages.config_checks.validate_config` checks the values of the
+keys the stages read, and (before the classifier) every mask of the used splits is checked once per data set
+(:func:`~vwl_lightning.data.check_layout.check_masks_before_training`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,15 @@ from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.errors import ConfigError
+from vwl_lightning.stages.config_checks import validate_config
+from vwl_lightning.stages.identity import (
+    check_stage_folder,
+    classifier_of_pseudo,
+    inherit_data_settings,
+    is_current,
+    record_in_manifest,
+    stage_identity,
+)
 from vwl_lightning.tracking.wandb_runs import (
     finish_active_run,
     log_artifact,
@@ -168,22 +184,63 @@ def record_time(run_dir: Path, stage: str, seconds: float) -> None:
     write_json_atomic(path, timings)
 
 
+def forced_stages(recompute: Any, names: tuple[str, ...]) -> set[str]:
+    """Stages that ``recompute=[...]`` names, and every stage after the first of them in ``names``."""
+    if isinstance(recompute, bool) or recompute is None:
+        return set()
+    listed = [str(recompute)] if isinstance(recompute, str) else [str(n) for n in recompute]
+    unknown = [n for n in listed if n not in STAGES]
+    if unknown:
+        raise ConfigError(f"recompute={listed}: unknown stage(s) {unknown}; use true or names among "
+                          f"{', '.join(STAGES)}")
+    hits = [names.index(n) for n in listed if n in names]
+    return set(names[min(hits):]) if hits else set()
+
+
+def check_data_once(cfg: DictConfig, data: ResolvedData, names: tuple[str, ...]) -> None:
+    """Before the classifier trains: the cheap mask check of the splits the stages use (cached per data set)."""
+    from vwl_lightning.data.check_layout import check_masks_before_training
+
+    if "classifier" not in names or not bool(cfg.get("check_masks", True)) or rank_zero_only.rank != 0:
+        return
+    if is_current(stage_dir("classifier", cfg), stage_identity("classifier", cfg)):
+        return
+    splits = [str(cfg.data.train_split), str(cfg.data.val_split), str(cfg.data.seed_split)]
+    checked = check_masks_before_training(data.layout, data.meta.num_classes, splits,
+                                          cache_dir=cfg.paths.get("cache_dir"))
+    if checked:
+        log.info("data: %d masks of %s checked (values, sizes)", checked, ", ".join(dict.fromkeys(splits)))
+
+
 def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
-    """Run ``names`` in order; return each stage's summary."""
+    """Run ``names`` in order; return each stage's summary, with its fingerprint under ``fingerprints``."""
+    recompute = cfg.get("recompute", False)
+    recompute = OmegaConf.to_container(recompute) if OmegaConf.is_list(recompute) else recompute
+    forced = forced_stages(recompute, names)
     data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
     run_dir = Path(str(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
+    check_data_once(cfg, data, names)
+    results: dict[str, Any] = {"fingerprints": {}}
     for name in names:
         if name in RANK_ZERO_STAGES and rank_zero_only.rank != 0:
             # DDP: these stages are plain CPU loops; rank 0 runs them, the other ranks wait for the manifest
             wait_for_manifest(name, cfg)
-        finished = is_complete(name, cfg)
-        log.info("stage %s: %s (run dir %s)", name, "complete, skipping" if finished else "starting", run_dir)
+        identity = stage_identity(name, cfg)
+        folder = stage_dir(name, cfg)
+        state = check_stage_folder(name, folder, identity, recompute, force=name in forced,
+                                   write=rank_zero_only.rank == 0)
+        finished = state == "match" and is_complete(name, cfg)
+        log.info("stage %s: %s (fingerprint %s, run dir %s)", name,
+                 "complete with these settings, skipping" if finished else "starting", identity["fingerprint"],
+                 run_dir)
         start = time.perf_counter()
         results[name] = STAGES[name](cfg, data)
-        if not finished and rank_zero_only.rank == 0:  # a skipped stage keeps the time of the run that did it
-            record_time(run_dir, name, time.perf_counter() - start)
+        if rank_zero_only.rank == 0:
+            record_in_manifest(folder, identity)
+            if not finished:  # a skipped stage keeps the time of the run that did it
+                record_time(run_dir, name, time.perf_counter() - start)
+        results["fingerprints"][name] = identity["fingerprint"]
     return results
 
 
@@ -225,20 +282,63 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
         "segmenter_val_miou": segmenter.get("miou"),
         "segmenter_val_miou_crf": segmenter.get("miou_crf"),
         "stage_seconds": timings,
+        "fingerprints": results.get("fingerprints", {}),
     }
     write_json_atomic(run_dir / "results.json", headline)
     lines = ["# Results", "", "| measure | value |", "|---|---|"]
     for key, value in headline.items():
-        if key != "stage_seconds":
+        if key not in ("stage_seconds", "fingerprints"):
             lines.append(f"| {key} | {value if not isinstance(value, float) else f'{value:.4f}'} |")
     lines += ["", "| stage | seconds (last run that did the work) |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines += ["", "| stage | fingerprint of the settings it was made with |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in headline["fingerprints"].items()]
     write_text_atomic(run_dir / "results.md", "\n".join(lines) + "\n")
     return headline
 
 
+# the input folder of a stage run alone, whose recorded data settings it takes
+ALONE_INPUT = {"cams": "cam.classifier_dir", "seeds": "seeds.cam_dir", "pseudo": "pseudo.cam_dir",
+               "segmenter": "segmenter.pseudo_dir"}
+
+
+def command_line_overrides() -> set[str]:
+    """The keys set on the command line (Hydra's task overrides); empty outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    keys = set()
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        keys.add(key)
+    return keys
+
+
+def inherit_for_single_stage(cfg: DictConfig, stage: str, overrides: set[str]) -> None:
+    """A stage run alone takes the ``data.*`` settings recorded in its input folder (a contradicting
+    command-line override is refused); the segmenter without a classifier folder of its own takes the one
+    behind its pseudo masks for ``backbone_init``."""
+    source = OmegaConf.select(cfg, ALONE_INPUT[stage], default=None)
+    if stage == "cams" and cfg.cam.get("checkpoint"):
+        source = None
+    if source:
+        inherit_data_settings(cfg, str(source), overrides)
+    if stage == "segmenter":
+        init = cfg.segmenter.get("backbone_init")
+        if init and not Path(str(init)).exists() and "segmenter.backbone_init" not in overrides:
+            found = classifier_of_pseudo(str(cfg.segmenter.pseudo_dir))
+            if found is None:
+                raise ConfigError(f"segmenter.backbone_init={init}: no classifier there, and none recorded behind "
+                                  f"segmenter.pseudo_dir={cfg.segmenter.pseudo_dir}; set segmenter.backbone_init to "
+                                  f"a classifier folder, or segmenter.backbone_init=null to train from scratch")
+            log.info("segmenter: backbone_init from the classifier behind the pseudo masks: %s", found)
+            OmegaConf.update(cfg, "segmenter.backbone_init", str(found), force_add=True)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Entry for ``stage=pipeline`` or one stage name."""
+    validate_config(cfg)
     stage = str(cfg.stage)
     if stage == "pipeline":
         names = tuple(str(n) for n in cfg.get("pipeline", PIPELINE))
@@ -253,4 +353,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return headline
     if stage not in STAGES:
         raise ConfigError(f"stage must be pipeline or one of {', '.join(STAGES)}; got {stage!r}")
+    if stage in ALONE_INPUT:
+        inherit_for_single_stage(cfg, stage, command_line_overrides())
     return run_stages(cfg, (stage,))[stage]

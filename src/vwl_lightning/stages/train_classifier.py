@@ -25,7 +25,7 @@ from vwl_lightning.data.datamodule import ClassificationDataModule
 from vwl_lightning.modules.classifier import ClassifierModule
 from vwl_lightning.tracking.loggers import build_logger
 from vwl_lightning.tracking.wandb_runs import finish_active_run, log_artifact
-from vwl_lightning.utils.checkpoints import rolling_checkpoint
+from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, rolling_checkpoint, usable_resume_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_epochs: int,
     return pl.Trainer(
         **trainer_args, max_epochs=max_epochs, default_root_dir=str(stage_dir),
         logger=build_logger(cfg.logger, stage_dir, stage=stage, group=str(cfg.name)), callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -77,9 +78,9 @@ def train_classifier(cfg: DictConfig) -> Path:
     checkpoints = rolling_checkpoint(stage_dir, cfg.model.get("checkpoint_every_n_steps"))
     trainer = build_trainer(cfg, stage_dir, STAGE, int(cfg.model.max_epochs), [checkpoints])
     resume = stage_dir / "checkpoints" / "last.ckpt"
-    resumed = resume.is_file()
+    resumed = usable_resume_checkpoint(resume) is not None
     log.info("classifier: training, outputs in %s%s", stage_dir, f" (resuming from {resume})" if resumed else "")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resumed else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resumed else None, weights_only=True)
     # every rank takes part in save_checkpoint; rank 0 writes, then renames (atomic)
     partial = stage_dir / f".tmp-{FINAL_CHECKPOINT}"
     trainer.save_checkpoint(partial, weights_only=True)

@@ -55,7 +55,7 @@ from vwl_lightning.evaluation.reports import write_segmentation_report
 from vwl_lightning.modules.segmenter import SegmenterModule
 from vwl_lightning.pseudo.dense_crf import CRFParams, crf_from_probs, crf_params_from_config
 from vwl_lightning.tracking.loggers import build_logger
-from vwl_lightning.utils.checkpoints import rolling_checkpoint
+from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, rolling_checkpoint, usable_resume_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def build_trainer(cfg: DictConfig, stage_dir: Path, callbacks: list[pl.Callback]
         args.update(check_val_every_n_epoch=int(s.val.every_n_epochs), limit_val_batches=s.val.limit_batches)
     else:
         args.update(limit_val_batches=0)
-    return pl.Trainer(**args, default_root_dir=str(stage_dir), callbacks=callbacks,
+    return pl.Trainer(**args, default_root_dir=str(stage_dir), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                       logger=build_logger(cfg.logger, stage_dir, stage=STAGE, group=str(cfg.name)))
 
 
@@ -286,8 +286,8 @@ def load_segmenter(path: Path) -> SegmenterModule:
     try:
         # the checkpoint holds every weight: no hub, no ImageNet file, no initialisation files
         with weights_from_checkpoint():
-            return SegmenterModule.load_from_checkpoint(path, map_location="cpu", init_checkpoint=None,
-                                                        backbone_init=None)
+            return SegmenterModule.load_from_checkpoint(path, map_location="cpu", weights_only=True,
+                                                        init_checkpoint=None, backbone_init=None)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
         raise DataError(f"{path}: not a vwl_lightning segmenter checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None
@@ -322,11 +322,12 @@ def train_segmenter(cfg: DictConfig, data: ResolvedData | None = None) -> dict[s
     else:
         module = build_module(cfg, meta.num_classes, list(meta.class_names))
         trainer = build_trainer(cfg, stage_dir, [rolling_checkpoint(stage_dir, s.get("checkpoint_every_n_steps"))])
+        resumable = usable_resume_checkpoint(resume) is not None
         log.info("segmenter: training on %d pseudo masks from %s, outputs in %s%s", num_masks, mask_dir, stage_dir,
-                 f" (resuming from {resume})" if resume.is_file() else "")
-        training["resumed_from"] = str(resume) if resume.is_file() else None
+                 f" (resuming from {resume})" if resumable else "")
+        training["resumed_from"] = str(resume) if resumable else None
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resumable else None, weights_only=True)
         training["seconds"] = round(time.perf_counter() - started, 2)
         partial = stage_dir / f".tmp-{FINAL_CHECKPOINT}"
         trainer.save_checkpoint(partial, weights_only=True)
