@@ -259,3 +259,39 @@ def test_checker_on_incomplete_coco(converted) -> None:
     assert message.startswith("ImageSets/Segmentation/val.txt missing: convert COCO 2014 with")
     assert "instances_val2014.json" in message and "--split-name val" in message
     assert "val2014.zip" in message
+
+
+# ------------------------------------------------------------------------- empty result, mixed JSONs
+
+
+def test_json_with_zero_annotations_is_refused(coco, tmp_path: Path) -> None:
+    """Issue scenario 8a: zero annotations used to exit 0 with an empty split list."""
+    blob = json.loads(coco.instances_json.read_text())
+    blob["annotations"] = []
+    empty = tmp_path / "instances_empty.json"
+    empty.write_text(json.dumps(blob))
+    out = tmp_path / "empty_out"
+    with pytest.raises(DataError, match=r"instances_empty.json: the conversion keeps no image \(5 images, 0 "):
+        convert_coco(empty, coco.image_dir, out, "train", progress=False)
+    assert not (out / "ImageSets" / "Segmentation" / "train.txt").exists()
+
+
+def test_converting_another_json_into_the_same_folder_is_refused(converted, tmp_path: Path) -> None:
+    """Issue scenario 8b: a second JSON for the same images (moved annotations) used to keep the first
+    JSON's masks; now refused, naming both files, and the first masks stay as they were."""
+    coco, out, _ = converted
+    blob = json.loads(coco.instances_json.read_text())
+    for ann in blob["annotations"]:
+        if ann["image_id"] == 30 and not ann["iscrowd"]:
+            ann["category_id"] = COCO_CATEGORY_IDS[5]  # another class: the masks would differ
+    other = tmp_path / "instances_fixed.json"
+    other.write_text(json.dumps(blob))
+    masks = out / "SegmentationClassAug"
+    before = {p.name: p.read_bytes() for p in masks.glob("*.png")}
+    for split in ("train", "train_fixed"):  # the same split, or another split over the same images
+        with pytest.raises(DataError, match=rf"made from .*instances_train2014.json .*not .*instances_fixed.json"):
+            convert_coco(other, coco.image_dir, out, split, progress=False)
+    assert {p.name: p.read_bytes() for p in masks.glob("*.png")} == before
+    # the same JSON again resumes as before
+    again = convert_coco(coco.instances_json, coco.image_dir, out, "train", progress=False)
+    assert again.skipped == 3 and again.written == 0

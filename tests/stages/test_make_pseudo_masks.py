@@ -108,12 +108,13 @@ def test_kill_and_rerun_redoes_only_missing_or_broken_masks(tmp_path: Path) -> N
     make_pseudo_labels(cam_dir, layout, "train", out, class_names=CLASSES, progress=False, evaluate=False)
     first = read_masks(out, ids)
     mtimes = {i: (out / "masks" / f"{i}.png").stat().st_mtime_ns for i in ids}
-    # a kill: one mask never written, one cut short, a temporary left behind, no manifest yet
+    # a kill: one mask never written, one cut short, a temporary left behind, the manifest still "running"
     (out / "masks" / f"{ids[1]}.png").unlink()
     broken = out / "masks" / f"{ids[3]}.png"
     broken.write_bytes(broken.read_bytes()[:40])
     (out / "masks" / f".tmp-{ids[4]}-abc123.png").write_bytes(b"partial")
-    (out / "manifest.json").unlink()
+    running = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**running, "status": "running"}))
 
     manifest = make_pseudo_labels(cam_dir, layout, "train", out, class_names=CLASSES, progress=False)
     assert manifest["counts"] == {"images": 5, "written": 2, "skipped": 3, "stale_temporaries_removed": 1}
@@ -127,6 +128,38 @@ def test_kill_and_rerun_redoes_only_missing_or_broken_masks(tmp_path: Path) -> N
     # a completed folder made with other settings is refused, naming its manifest
     with pytest.raises(DataError, match="manifest.json.*bg_score"):
         make_pseudo_labels(cam_dir, layout, "train", out, bg_score=0.3, class_names=CLASSES, progress=False)
+
+
+@pytest.mark.parametrize("previous", ["interrupted", "no manifest"])
+def test_interrupted_run_and_another_setting_never_mix_masks(previous: str, tmp_path: Path) -> None:
+    """Issue scenario 3: masks of an interrupted run with bg_score 0.15, re-run with 0.40: refused, naming the
+    key and both values; nothing in the folder is touched, and no manifest labels the old masks as 0.40."""
+    layout, cam_dir, keys = build_fixture(tmp_path / "voc")
+    ids = list(keys)
+    out = tmp_path / "pl"
+    real_save = Image.Image.save
+    calls = {"n": 0}
+
+    def save_then_die(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_save(self, fp, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image.Image, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            make_pseudo_labels(cam_dir, layout, "train", out, bg_score=0.15, class_names=CLASSES, progress=False)
+    if previous == "no manifest":  # a folder from before the running record: settings unknown
+        (out / "manifest.json").unlink()
+    before = {p.name: p.read_bytes() for p in (out / "masks").iterdir()}
+    assert sorted(before) == sorted(f"{i}.png" for i in ids[:2])
+    match = "bg_score=0.15, not 0.4" if previous == "interrupted" else "settings are unknown"
+    with pytest.raises(DataError, match=match):
+        make_pseudo_labels(cam_dir, layout, "train", out, bg_score=0.40, class_names=CLASSES, progress=False)
+    assert {p.name: p.read_bytes() for p in (out / "masks").iterdir()} == before
+    manifest = out / "manifest.json"
+    assert not manifest.exists() or json.loads(manifest.read_text())["bg_score"] == 0.15
 
 
 def test_two_workers_equal_one_worker(tmp_path: Path) -> None:
@@ -174,7 +207,7 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     cam_path(cam_dir, victim).write_bytes(b"garbage")
     with pytest.raises(DataError, match=f"{victim}.npz"):
         make_pseudo_labels(cam_dir, layout, "train", tmp_path / "x", class_names=CLASSES, progress=False)
-    assert not (tmp_path / "x" / "manifest.json").exists()
+    assert json.loads((tmp_path / "x" / "manifest.json").read_text())["status"] == "running"
     assert not list((tmp_path / "x" / "masks").glob(".tmp-*"))
 
 
@@ -198,6 +231,6 @@ def test_a_crash_while_writing_leaves_no_partial_mask(tmp_path: Path, monkeypatc
     monkeypatch.setattr(Image.Image, "save", real_save)
     names = sorted(p.name for p in (out / "masks").iterdir())
     assert names == [f"{ids[0]}.png", f"{ids[1]}.png"]  # no partial file under any name
-    assert not (out / "manifest.json").exists()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"  # not complete
     manifest = make_pseudo_labels(cam_dir, layout, "train", out, class_names=CLASSES, progress=False)
     assert manifest["counts"]["written"] == 3 and manifest["counts"]["skipped"] == 2

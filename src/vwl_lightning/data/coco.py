@@ -12,6 +12,11 @@ Output layout under ``out_root`` (several splits may share one ``out_root``)::
     ImageSets/Segmentation/<split>.txt    sorted stems, e.g. COCO_train2014_000000000009
     cls_labels.json                       image-level labels derived from the masks (merged over splits)
     dataset.json                          {"name": "coco", "class_names": COCO_CLASSES}
+    conversions.json                      per split: the instances JSON it was made from (path, SHA-256)
+
+Converting refuses to mix: a split already made from another JSON, or masks of the same images made from
+another JSON, stop the run with one line (use a new ``--out-root``); a conversion that keeps no image is
+refused too.
 
 Command line::
 
@@ -198,6 +203,41 @@ def load_instances(instances_json: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+CONVERSIONS = "conversions.json"
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_same_source(out: Path, split_name: str, instances_path: Path, digest: str, stems: set[str]) -> None:
+    """DataError when ``out`` holds split ``split_name``, or masks of any of ``stems``, made from another
+    instances JSON (``conversions.json``), or masks with no record of their JSON."""
+    record_path = out / CONVERSIONS
+    records = read_json(record_path) if record_path.is_file() else {}
+    for split, record in records.items():
+        if record.get("sha256") == digest:
+            continue
+        listed = out / SPLIT_DIR / f"{split}.txt"
+        overlap = stems & set(listed.read_text().split()) if listed.is_file() else set()
+        if split == split_name or overlap:
+            what = (f"split {split}" if split == split_name
+                    else f"masks of {len(overlap)} of these images (split {split})")
+            raise DataError(f"{out}: {what} were made from {record.get('instances')} (sha256 "
+                            f"{str(record.get('sha256'))[:12]}), not {instances_path} (sha256 {digest[:12]}); "
+                            f"use a new --out-root")
+    masks = out / MASK_DIR
+    if not records and masks.is_dir() and any(masks.glob("*.png")):
+        raise DataError(f"{masks}: holds masks but {record_path} does not say which instances JSON made them; "
+                        f"use a new --out-root")
+
+
 def convert_coco(
     instances_json: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -252,6 +292,13 @@ def convert_coco(
                             f"{ann.get('category_id')!r}")
         by_image[int(ann["image_id"])].append(ann)
 
+    digest = _sha256(instances_path)
+    check_same_source(out, split_name, instances_path, digest, {Path(v[0]).stem for v in images.values()})
+    record_path = out / CONVERSIONS
+    records = read_json(record_path) if record_path.is_file() else {}
+    records[split_name] = {"instances": str(instances_path.resolve()), "sha256": digest}
+    write_json_atomic(record_path, records)  # before any mask, so an interrupted run is recognised
+
     labels: dict[str, list[int]] = {}
     written = skipped = dropped = 0
     records = sorted(images.items(), key=lambda item: item[1][0])
@@ -278,6 +325,10 @@ def convert_coco(
         written += 1
 
     ids = sorted(labels)
+    if not ids:
+        raise DataError(f"{instances_path}: the conversion keeps no image ({len(images)} images, "
+                        f"{len(data['annotations'])} annotations, {dropped} without a foreground class); expected "
+                        f"a COCO instances file with annotations (or --keep-unlabelled)")
     split_path = write_text_atomic(out / SPLIT_DIR / f"{split_name}.txt", "".join(f"{i}\n" for i in ids))
     labels_path = out / LABELS_FILENAME
     cached = load_image_labels(labels_path, NUM_CLASSES) if labels_path.is_file() else {}

@@ -50,7 +50,11 @@ def resolve_checkpoint(cam_cfg: Any) -> Path:
         if manifest is None:
             raise DataError(f"{classifier_dir}: no completed classifier stage (manifest.json missing); "
                             "train it first or set cam.checkpoint")
-        path = Path(manifest["checkpoint"])
+        if manifest.get("stage") != "classifier" or not manifest.get("checkpoint"):
+            raise DataError(f"{classifier_dir / 'manifest.json'}: is the manifest of stage "
+                            f"{manifest.get('stage')!r}, not of a classifier (cam.classifier_dir should name the "
+                            f"classifier stage folder, e.g. runs/<name>/<tag>/classifier)")
+        path = Path(str(manifest["checkpoint"]))
     if not path.is_file():
         raise DataError(f"{path}: classifier checkpoint not found (cam.checkpoint / cam.classifier_dir)")
     return path

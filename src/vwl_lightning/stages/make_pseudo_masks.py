@@ -8,7 +8,9 @@ Two modes:
   ``bg_thres`` (preset ``irn_label``); confident foreground, confident background, 255 in between.
 
 Output: ``<out_dir>/masks/<id>.png`` (written atomically), then ``<out_dir>/manifest.json`` last, so a
-manifest means a complete run.  A re-run skips images whose PNG exists and decodes and redoes the rest.
+manifest with ``status: complete`` means a complete run; while it runs, the manifest holds the settings with
+``status: running``.  A re-run with the same settings skips images whose PNG exists and decodes and redoes
+the rest; a re-run with other settings over an interrupted or finished folder is refused (no mixed masks).
 
 Scoring against ground truth (when every mask of the split exists and ``evaluate``): the same confusion
 matrix mIoU as the seeds (255 in the ground truth ignored).  Pixels a confident-region mask leaves at 255
@@ -101,18 +103,28 @@ def _remove_stale_temporaries(folder: Path) -> int:
 
 
 def _check_previous_run(out_dir: Path, settings: Mapping[str, Any]) -> None:
-    """DataError if ``out_dir`` holds a finished run made with other settings; else drop its manifest so
-    that a manifest is present only after this run completes."""
+    """DataError if ``out_dir`` holds masks (finished or interrupted) made with other settings; else record
+    ``settings`` with ``status: running``, so that an interrupted run is recognised by the next one and a
+    complete manifest is present only after this run completes.
+
+    A folder with masks but no manifest (made before the running record existed) is refused too: its masks
+    could have been made with any settings.
+    """
     path = out_dir / MANIFEST
-    if not path.is_file():
-        return
-    previous = read_json(path)
-    old = previous if isinstance(previous, dict) else {}
-    for key, value in settings.items():
-        if key in old and old[key] != value:
-            raise DataError(f"{path}: pseudo labels there were made with {key}={old[key]!r}, not {value!r}; "
-                            f"choose another output folder or delete it")
-    path.unlink()
+    masks = out_dir / MASKS_DIR
+    if path.is_file():
+        previous = read_json(path)
+        old = previous if isinstance(previous, dict) else {}
+        for key, value in settings.items():
+            if old.get(key, "<unset>") != value:
+                state = "finished" if old.get("status") == "complete" else "interrupted"
+                raise DataError(f"{path}: the pseudo labels there ({state} run) were made with "
+                                f"{key}={old.get(key, '<unset>')!r}, not {value!r}; choose another output folder "
+                                f"or delete it")
+    elif masks.is_dir() and any(masks.glob("*.png")):
+        raise DataError(f"{masks}: holds masks but {path} is missing, so their settings are unknown; choose another "
+                        f"output folder or delete it")
+    write_json_atomic(path, {**settings, "stage": "pseudo", "status": "running"})
 
 
 def _validate(mode: str, bg_score: float, fg_thres: float, bg_thres: float, num_workers: int) -> None:
@@ -223,8 +235,9 @@ def make_pseudo_labels(
     else:
         settings.update(fg_thres=float(fg_thres), bg_thres=float(bg_thres), gt_prob=float(gt_prob))
     mask_dir = out_dir / MASKS_DIR
-    mask_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     _check_previous_run(out_dir, settings)
+    mask_dir.mkdir(parents=True, exist_ok=True)
     stale = _remove_stale_temporaries(mask_dir)
 
     todo = [i for i in ids if not is_complete_mask(mask_dir / f"{i}.png")]
