@@ -110,13 +110,15 @@ def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: S
                run_dir / "seeds" / "metrics.json", run_dir / "pseudo" / "manifest.json",
                run_dir / "pseudo" / "masks" / f"{first_id}.png"]
     before = {p: p.stat().st_mtime_ns for p in watched}
-    # `python -m vwl_lightning` in that folder, killed (SIGKILL) once the segmenter has a resume point
+    # `python -m vwl_lightning` in that folder, killed (SIGKILL) once the segmenter has a resume point; the
+    # resumed run has the same settings (a changed segmenter.max_epochs would be refused: another LR schedule)
+    epochs = 6
     last = seg / "checkpoints" / "last.ckpt"
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vwl_lightning", f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra",
-             f"paths.cache_dir={pipeline_run.cache}", *TINY_PIPELINE, "segmenter.max_epochs=50"],
+             f"paths.cache_dir={pipeline_run.cache}", *TINY_PIPELINE, f"segmenter.max_epochs={epochs}"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         deadline = time.monotonic() + 300
         while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
@@ -128,8 +130,8 @@ def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: S
     killed_at = torch.load(last, map_location="cpu", weights_only=False)
     steps_per_epoch = 48 // 8
     assert killed_at["global_step"] == killed_at["epoch"] * steps_per_epoch + steps_per_epoch  # an epoch's end
+    assert killed_at["epoch"] < epochs - 1
     # run the pipeline again: earlier stages are skipped, the segmenter resumes and completes
-    epochs = killed_at["epoch"] + 3
     headline = run(compose_config([*TINY_PIPELINE, f"segmenter.max_epochs={epochs}"], run_dir, pipeline_run.cache))
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     manifest = read_manifest(seg)
@@ -159,11 +161,11 @@ def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNam
     np.testing.assert_allclose(same_cams, np.load(cam_path(source / "cams", first_id))["high_res"], atol=1e-3)
     np.testing.assert_array_equal(read_label_png(run_dir / "pseudo" / "masks" / f"{first_id}.png"),
                                   read_label_png(source / "pseudo" / "masks" / f"{first_id}.png"))
-    # the segmenter from the command line, on the other run's pseudo masks
+    # the segmenter from the command line, on the other run's pseudo masks, as README shows it: the classifier
+    # that initialises its backbone is the one behind those masks (pseudo -> cams -> classifier manifests)
     env = {**os.environ, "VWL_CACHE_DIR": str(pipeline_run.cache), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "vwl_lightning", "stage=segmenter", f"segmenter.pseudo_dir={source}/pseudo",
-         f"segmenter.backbone_init={source}/classifier",
          f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra", f"paths.cache_dir={pipeline_run.cache}",
          *TINY_PIPELINE],
         capture_output=True, text=True, timeout=600, env=env,
@@ -171,7 +173,7 @@ def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNam
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = read_manifest(run_dir / "segmenter")
     assert manifest["mask_dir"] == str(source / "pseudo" / "masks")
-    assert manifest["config"]["segmenter"]["backbone_init"] == f"{source}/classifier"
+    assert manifest["config"]["segmenter"]["backbone_init"] == str(source / "classifier")
     assert f"segmenter (val): mIoU {manifest['eval']['eval']['miou']:.4f}" in result.stdout
     # a pseudo folder that does not exist is refused, naming the key and the folder
     with pytest.raises(DataError, match=rf"segmenter\.pseudo_dir {tmp_path}/nothing: pseudo-mask folder not found"):

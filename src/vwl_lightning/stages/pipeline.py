@@ -324,7 +324,7 @@ def inherit_for_single_stage(cfg: DictConfig, stage: str, overrides: set[str]) -
         source = None
     if source:
         inherit_data_settings(cfg, str(source), overrides)
-    if stage == "segmenter":
+    if stage == "segmenter" and Path(str(cfg.segmenter.pseudo_dir)).is_dir():
         init = cfg.segmenter.get("backbone_init")
         if init and not Path(str(init)).exists() and "segmenter.backbone_init" not in overrides:
             found = classifier_of_pseudo(str(cfg.segmenter.pseudo_dir))
