@@ -289,7 +289,7 @@ def test_converting_another_json_into_the_same_folder_is_refused(converted, tmp_
     masks = out / "SegmentationClassAug"
     before = {p.name: p.read_bytes() for p in masks.glob("*.png")}
     for split in ("train", "train_fixed"):  # the same split, or another split over the same images
-        with pytest.raises(DataError, match=rf"made from .*instances_train2014.json .*not .*instances_fixed.json"):
+        with pytest.raises(DataError, match=r"made from .*instances_train2014.json .*not .*instances_fixed.json"):
             convert_coco(other, coco.image_dir, out, split, progress=False)
     assert {p.name: p.read_bytes() for p in masks.glob("*.png")} == before
     # the same JSON again resumes as before

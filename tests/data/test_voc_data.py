@@ -415,3 +415,59 @@ def test_checker_module_exit_status(voc_sbd) -> None:
     build_segmentation_class_aug(voc.root, sbd.root, progress=False)
     after = subprocess.run(command, capture_output=True, text=True, check=False)
     assert after.returncode == 0 and "status: complete" in after.stdout
+
+
+# ---------------------------------------------------------------- --deep: images decoded, mask values checked
+
+
+def test_deep_check_catches_a_truncated_jpeg_and_a_mask_value_of_37(tmp_path: Path, capsys) -> None:
+    """Issue scenario 6: both used to pass `--deep` ("status: complete")."""
+    from vwl_lightning.data.check_layout import check_masks_before_training
+
+    voc = make_voc_fixture(tmp_path, n_train=3, n_val=2, n_extra=0, with_aug=True)
+    assert check_layout(voc.root, deep=True).complete
+    image = voc.image_path(voc.val_ids[0])
+    original = image.read_bytes()
+    image.write_bytes(original[: len(original) // 2])
+    mask_path = voc.root / "SegmentationClassAug" / f"{voc.train_ids[1]}.png"
+    mask = read_label_png(mask_path)
+    mask[0, 0] = 37
+    write_label_png(mask_path, mask)
+    assert check_layout(voc.root).complete  # the shallow check reads no pixel
+    report = check_layout(voc.root, deep=True)
+    text = "\n".join(str(f) for f in report.missing)
+    assert f"of split val unreadable, with invalid values or of the wrong size for {voc.val_ids[0]}" in text
+    assert "cannot decode image" in text and str(image) in text
+    assert f"{mask_path}: mask holds value(s) [37]; expected class indices 0..20 or 255" in text
+    assert check_main([str(voc.root), "--deep"]) == 1
+    assert "status: INCOMPLETE (2 missing)" in capsys.readouterr().out
+    # the pipeline's cheap part (masks only, sizes from the headers) names the bad mask; a pass is cached
+    layout = resolve_data({"kind": "voc", "root": str(voc.root)}).layout
+    with pytest.raises(DataError, match=rf"{mask_path}: mask holds value\(s\) \[37\].*split train_aug"):
+        check_masks_before_training(layout, 21, ["train_aug", "val"], cache_dir=tmp_path / "cache")
+    mask[0, 0] = 255
+    write_label_png(mask_path, mask)
+    image.write_bytes(original)
+    os.utime(voc.root / "SegmentationClassAug")  # the folder's mtime is part of the cache key
+    assert check_masks_before_training(layout, 21, ["train_aug", "val"], cache_dir=tmp_path / "cache") == 5
+    assert check_masks_before_training(layout, 21, ["train_aug", "val"], cache_dir=tmp_path / "cache") == 0
+
+
+def test_pipeline_finds_a_bad_train_mask_before_training(tmp_path: Path, make_config, monkeypatch) -> None:
+    """Issue scenario 6b: a bad train mask used to surface at the seeds stage, after training and CAMs."""
+    import vwl_lightning.stages.train_classifier as train_stage
+    from vwl_lightning.stages.pipeline import run
+
+    voc = make_voc_fixture(tmp_path, n_train=3, n_val=2, n_extra=0, with_aug=True)
+    mask_path = voc.root / "SegmentationClassAug" / f"{voc.train_ids[2]}.png"
+    mask = read_label_png(mask_path)
+    mask[1, 1] = 37
+    write_label_png(mask_path, mask)
+
+    def must_not_train(cfg):
+        raise AssertionError("the classifier started despite a bad mask")
+
+    monkeypatch.setattr(train_stage, "train_classifier", must_not_train)
+    cfg = make_config("data=voc", f"data.source.root={voc.root}", "pipeline=[classifier]", tiny=False)
+    with pytest.raises(DataError, match=rf"{mask_path}: mask holds value\(s\) \[37\]"):
+        run(cfg)

@@ -45,3 +45,27 @@ def test_killed_classifier_resumes_from_its_last_checkpoint(tmp_path: Path, cach
     assert manifest["resumed_from"] == str(last)
     assert manifest["global_step"] == epochs * steps_per_epoch  # no epoch trained twice, none skipped
     assert (stage / "classifier.ckpt").is_file()
+
+
+def test_truncated_last_checkpoint_is_named_set_aside_and_not_resumed_from(tmp_path: Path, cache_dir: Path,
+                                                                          caplog) -> None:
+    """Issue scenario 4: a last.ckpt cut short by a full disk used to be resumed from and die inside
+    Lightning (`PytorchStreamReader failed reading zip archive`) without naming the file."""
+    import logging
+
+    run_dir = tmp_path / "run"
+    stage = run_dir / "classifier"
+    cfg = compose_config([*TINY, "model.max_epochs=1"], run_dir, cache_dir)
+    train_classifier(cfg)
+    last = stage / "checkpoints" / "last.ckpt"
+    (stage / "manifest.json").unlink()  # as if killed before the end
+    (stage / "classifier.ckpt").unlink()
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        train_classifier(cfg)
+    assert f"{last}: truncated or unreadable checkpoint" in caplog.text
+    assert (stage / "checkpoints" / "last.ckpt.corrupt").is_file()
+    manifest = read_manifest(stage)
+    assert manifest["resumed_from"] is None and manifest["global_step"] == 48 // 8  # trained afresh, one epoch
+    reloaded = torch.load(last, map_location="cpu", weights_only=True)  # the new resume point is whole
+    assert reloaded["global_step"] == 48 // 8

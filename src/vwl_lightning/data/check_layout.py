@@ -259,10 +259,15 @@ def mask_problem(mask_path: Path, image_path: Path, num_classes: int | None, dec
         else:
             with Image.open(image_path) as image:
                 width, height = image.size
-        if not mask_path.is_file():
-            return None
+    except DataError as exc:
+        return str(exc)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"{image_path}: cannot read image header ({exc})"
+    if not mask_path.is_file():
+        return None
+    try:
         mask = read_label_png(mask_path)
-    except (DataError, OSError, SyntaxError) as exc:
+    except DataError as exc:
         return str(exc)
     if mask.shape != (height, width):
         return f"{mask_path}: mask {mask.shape[1]}x{mask.shape[0]} differs from image {width}x{height}"
@@ -294,7 +299,7 @@ def _check_masks(report: LayoutReport, split: str, ids: list[str], image_dir: Pa
     if bad:
         what = f"{masks.name}/ masks" if masks is not None else f"{IMAGE_DIR}/ images"
         report.missing.append(Finding(f"{what} of split {split}",
-                                      f"unreadable, of the wrong size or with invalid values for {_ids_text(bad)} "
+                                      f"unreadable, with invalid values or of the wrong size for {_ids_text(bad)} "
                                       f"(first: {first_error})", _how(report.kind, "masks", report.root, split)))
 
 

@@ -1,0 +1,75 @@
+"""Start-up value checks (issue scenario 5): bad values are one line naming the key, before any data or
+training; every shipped experiment passes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.stages.config_checks import RULES, Rule, check_value, validate_config
+from vwl_lightning.stages.make_cams import resolve_checkpoint
+from vwl_lightning.utils.config import CONF_DIR
+from vwl_lightning.utils.manifest import write_manifest
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.codebook.size=abc", "model.codebook.size='abc': expected an integer >= 1"),
+    ("model.codebook.size=2.5", "model.codebook.size=2.5: expected an integer >= 1"),
+    ("model.codebook.size=0", "model.codebook.size=0: expected a value >= 1"),
+    ("model.pool.gamma=abc", "model.pool.gamma='abc': expected a number >= 0"),
+    ("model.pool.gamma=-1", "model.pool.gamma=-1: expected a value >= 0"),
+    ("model.pool.gamma=true", "model.pool.gamma=True: expected a number >= 0"),
+    ("model.codebook.kind=vq", "model.codebook.kind='vq': expected one of none, learned, memory"),
+    ("cam.scales=[1.0,0]", "cam.scales=[1.0, 0]: expected a non-empty list of positive numbers"),
+    ("seeds.bg_score=1.5", "seeds.bg_score=1.5: expected a value >= 0 and <= 1"),
+    ("pseudo.bg_score=x", "pseudo.bg_score='x': expected a number >= 0 and <= 1"),
+    ("segmenter.batch_size=4.0", "segmenter.batch_size=4.0: expected an integer >= 1"),
+    ("data.source.generator.num_train=many", "data.source.generator.num_train='many': expected an integer >= 1"),
+])
+def test_bad_values_are_one_line_naming_the_key(override: str, message: str, make_config) -> None:
+    cfg = make_config(override)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_shipped_experiment_passes(experiment: str, make_config) -> None:
+    validate_config(make_config(f"+experiment={experiment}", tiny=False))
+
+
+def test_rule_kinds_hand_worked() -> None:
+    assert check_value(Rule("k", "int", 1), 3) is None
+    assert check_value(Rule("k", "int", 1), True) == "k=True: expected an integer >= 1"
+    assert check_value(Rule("k", "float", 0, low_open=True), 0) == "k=0: expected a value > 0"
+    assert check_value(Rule("k", "float", 0, 1), float("nan")) == "k=nan: expected a number >= 0 and <= 1"
+    assert check_value(Rule("k", "int", 1, nullable=True), None) is None
+    assert check_value(Rule("k", "int_list", 1), [1, 2]) is None
+    assert check_value(Rule("k", "int_list", 1), [1, 2.0]) == "k=[1, 2.0]: expected a non-empty list of integers >= 1"
+    assert len({rule.key for rule in RULES}) == len(RULES)
+
+
+def test_command_line_prints_one_line_and_exits_2_before_any_work(tmp_path: Path) -> None:
+    env = {**os.environ, "VWL_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "vwl_lightning", "model.codebook.size=abc", "logger=none",
+                             f"paths.runs_dir={tmp_path}/runs"], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: model.codebook.size='abc': expected an integer >= 1"
+    assert "Traceback" not in result.stderr and not (tmp_path / "cache").exists()  # no data generated
+    assert (tmp_path / "runs" / "synthetic_vwl_l" / "model.codebook.size=abc").is_dir()  # its own run folder
+
+
+def test_cam_classifier_dir_at_another_stage_is_named(tmp_path: Path) -> None:
+    """`cam.classifier_dir` pointed at the seeds folder used to raise KeyError: 'checkpoint'."""
+    seeds = tmp_path / "seeds"
+    write_manifest(seeds, "seeds", metrics={})
+    with pytest.raises(DataError, match=rf"{seeds}/manifest.json: is the manifest of stage 'seeds', not of a "
+                                        r"classifier"):
+        resolve_checkpoint(OmegaConf.create({"checkpoint": None, "classifier_dir": str(seeds)}))
