@@ -145,4 +145,4 @@ def test_command_line_prints_one_line_errors(tmp_path: Path, cache_dir: Path) ->
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "error: model.codebook.size must be a positive number of visual words, got -4" in result.stderr
+    assert "error: model.codebook.size=-4: expected a value >= 1" in result.stderr  # the start-up value check

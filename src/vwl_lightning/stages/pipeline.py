@@ -223,11 +223,12 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     check_data_once(cfg, data, names)
     results: dict[str, Any] = {"fingerprints": {}}
     for name in names:
-        if name in RANK_ZERO_STAGES and rank_zero_only.rank != 0:
-            # DDP: these stages are plain CPU loops; rank 0 runs them, the other ranks wait for the manifest
-            wait_for_manifest(name, cfg)
         identity = stage_identity(name, cfg)
         folder = stage_dir(name, cfg)
+        if name in RANK_ZERO_STAGES and rank_zero_only.rank != 0:
+            # DDP: these stages are plain CPU loops; rank 0 runs them, the other ranks wait for its manifest
+            # under this fingerprint (a stale manifest that rank 0 is about to clear does not count)
+            wait_for_manifest(name, cfg, identity)
         state = check_stage_folder(name, folder, identity, recompute, force=name in forced,
                                    write=rank_zero_only.rank == 0)
         finished = state == "match" and is_complete(name, cfg)
@@ -244,11 +245,11 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     return results
 
 
-def wait_for_manifest(name: str, cfg: DictConfig) -> None:
-    """Poll (on a shared file system) until rank 0 has completed stage ``name``."""
+def wait_for_manifest(name: str, cfg: DictConfig, identity: dict[str, Any] | None = None) -> None:
+    """Poll (on a shared file system) until rank 0 has completed stage ``name`` (with ``identity``)."""
     timeout = float(cfg.get("rank_wait_timeout_s", 86400))
     deadline = time.monotonic() + timeout
-    while not is_complete(name, cfg):
+    while not (is_current(stage_dir(name, cfg), identity) if identity is not None else is_complete(name, cfg)):
         if time.monotonic() > deadline:
             raise TimeoutError(f"stage {name}: rank {rank_zero_only.rank} waited {timeout:.0f} s for rank 0 to "
                                f"write {stage_dir(name, cfg) / 'manifest.json'} (rank_wait_timeout_s)")
