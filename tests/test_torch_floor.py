@@ -62,3 +62,27 @@ def test_every_load_site_passes_weights_only_true() -> None:
                 assert "weights_only=False" not in args
         assert "weights_only=False" not in text.replace("`weights_only=False`", ""), path
     assert sites >= 6
+
+
+class Payload:
+    """Any pickled object that is not a tensor or a plain container: the weights_only loader refuses it."""
+
+
+@pytest.mark.parametrize("loader", ["state_dict", "classifier", "segmenter"])
+def test_a_pickle_payload_is_refused_without_advice_to_disable_the_check(loader: str, tmp_path: Path) -> None:
+    import torch
+
+    from vwl_lightning.errors import DataError
+    from vwl_lightning.models.backbone import load_state_dict_file
+    from vwl_lightning.modules.classifier import load_classifier
+    from vwl_lightning.stages.train_segmenter import load_segmenter
+
+    path = tmp_path / "payload.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": Payload()}, path)
+    load = {"state_dict": load_state_dict_file, "classifier": load_classifier, "segmenter": load_segmenter}[loader]
+    with pytest.raises(DataError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert "refused: checkpoints are loaded with weights_only=True" in message
+    assert "False" not in message and "trust" not in message

@@ -22,3 +22,16 @@ def require(condition: bool, message: str, kind: type[VWLError] = ConfigError) -
     """Raise ``kind(message)`` unless ``condition`` holds."""
     if not condition:
         raise kind(message)
+
+
+def load_error_text(exc: BaseException) -> str:
+    """Why a checkpoint did not load, in a few words: a pickle payload refused by the ``weights_only=True``
+    loader is said to be refused (torch's own text suggests disabling the check, which we never advise);
+    anything else is its type and the first line of its message."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        return ("it holds pickled Python objects beyond tensors and plain containers, which are refused: "
+                "checkpoints are loaded with weights_only=True")
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}"

@@ -44,7 +44,7 @@ from timm.models import is_model_in_modules
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.errors import ConfigError, DataError, load_error_text
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise DataError(f"{path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: cannot read as a PyTorch state dict ({load_error_text(exc)})") from None
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and key in blob and isinstance(blob[key], dict):
             blob = blob[key]

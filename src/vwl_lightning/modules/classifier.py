@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torchmetrics.classification import MultilabelAveragePrecision
 
 from vwl_lightning.cam.fusion import cams_to_prediction, normalise_cams
-from vwl_lightning.errors import DataError
+from vwl_lightning.errors import DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 from vwl_lightning.models.backbone import Backbone, weights_from_checkpoint
 from vwl_lightning.models.classifier import VWLClassifier
@@ -161,5 +161,4 @@ def load_classifier(path: Path) -> ClassifierModule:
         with weights_from_checkpoint():  # the checkpoint holds every weight: no hub, no weight file
             return ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
-        raise DataError(f"{path}: not a vwl_lightning classifier checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: not a vwl_lightning classifier checkpoint ({load_error_text(exc)})") from None

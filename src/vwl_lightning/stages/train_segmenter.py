@@ -49,7 +49,7 @@ from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.pseudo_mask_data import SegmenterDataModule, check_pseudo_masks, resolve_mask_dir
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
-from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.errors import ConfigError, DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 from vwl_lightning.evaluation.reports import write_segmentation_report
 from vwl_lightning.modules.segmenter import SegmenterModule
@@ -289,8 +289,7 @@ def load_segmenter(path: Path) -> SegmenterModule:
             return SegmenterModule.load_from_checkpoint(path, map_location="cpu", weights_only=True,
                                                         init_checkpoint=None, backbone_init=None)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
-        raise DataError(f"{path}: not a vwl_lightning segmenter checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: not a vwl_lightning segmenter checkpoint ({load_error_text(exc)})") from None
 
 
 def train_segmenter(cfg: DictConfig, data: ResolvedData | None = None) -> dict[str, Any]:
