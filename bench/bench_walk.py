@@ -17,7 +17,7 @@ Each contender runs in a fresh child process; peak memory = the process's peak R
 its RSS just before the walk (inputs and imports excluded). Labels = ``walk_to_labels`` (bilinear ×4,
 crop, global max, 0.25 background plane) of each result, compared pixel by pixel.
 
-Usage: ``python bench/bench_walk.py [--full-dense] [--threads 2]``.
+Usage: ``python bench/bench_walk.py [--full-dense] [--threads 2] [--grids 500x375 512x512] [--methods sparse dense]``.
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/vwl_bench_walk"))
     parser.add_argument("--grids", nargs="+", default=list(GRIDS))
+    parser.add_argument("--methods", nargs="+", default=["sparse", "dense"],
+                        help="run only these; a contender not run is read from <work>/<grid>_<method>.json "
+                             "(+ .npy) of an earlier run")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "GRID", "OUT"))
     args = parser.parse_args()
     if args.child:
@@ -160,8 +163,14 @@ def main() -> None:
         results = {}
         for method in ("sparse", "dense"):
             out = args.work / f"{grid}_{method}.npy"
+            saved = args.work / f"{grid}_{method}.json"
+            if method not in args.methods:
+                results[method] = {**json.loads(saved.read_text()), "from_earlier_run": str(saved)}
+                print(json.dumps(results[method]), flush=True)
+                continue
             flags = [*(["--full-dense"] if args.full_dense else []), "--threads", str(args.threads)]
             results[method] = run_child(SCRIPT, [*flags, "--child", method, grid, str(out)], timeout=4 * 3600)
+            saved.write_text(json.dumps(results[method]))
             print(json.dumps(results[method]), flush=True)
         sparse_l, dense_l = (np.load(args.work / f"{grid}_{m}.npy") for m in ("sparse", "dense"))
         scores = np.load(args.work / f"{grid}_dense.scores.npy")
