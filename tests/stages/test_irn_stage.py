@@ -110,3 +110,22 @@ def test_walk_refuses_cams_of_another_split(irn_run: SimpleNamespace, tmp_path: 
     with pytest.raises(DataError, match=r"CAMs were made for split 'val', not 'train'") as info:
         run(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_walk_logs_boundary_maps_and_refined_masks_to_wandb(irn_run: SimpleNamespace, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    source = irn_run.run_dir
+    cfg = compose_config([*TINY_IRN, "pipeline=[pseudo]", "logger=wandb", "logger.max_images=2",
+                          f"irn.cam_dir={source}/cams", f"pseudo.cam_dir={source}/cams",
+                          f"irn.checkpoint={source}/irn/train/irn.ckpt"], tmp_path / "run", irn_run.cache)
+    run(cfg)
+    assert wandb.run is None
+    media = tmp_path / "run" / "pseudo"
+    boundary = sorted(media.glob("wandb/offline-run-*/files/media/images/irn/boundary_maps_*.png"))
+    refined = sorted(media.glob("wandb/offline-run-*/files/media/images/mask/irn/refined_masks_*.mask.png"))
+    assert len(boundary) == 2 and len(refined) == 2
+    assert len(sorted(media.glob("wandb/offline-run-*/files/media/images/mask/pseudo/masks_*.mask.png"))) == 2 * 2

@@ -55,6 +55,7 @@ from vwl_lightning.stages.make_pseudo_masks import (
     make_pseudo_labels,
 )
 from vwl_lightning.tracking.loggers import build_logger
+from vwl_lightning.tracking.wandb_runs import cam_overlay, log_masks, stage_run, uses_wandb, wandb_image
 from vwl_lightning.utils.checkpoints import rolling_checkpoint
 from vwl_lightning.utils.io import write_json_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
@@ -252,8 +253,29 @@ def make_irn_labels(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     elif bool(p.evaluate):
         manifest["metrics"] = None
     manifest.update(stage="pseudo", status="complete")
+    log_boundary_maps(cfg, data, module, cam_dir, ids, len(names), walk, device, out_dir)
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def log_boundary_maps(cfg: DictConfig, data: ResolvedData, module: IRNModule, cam_dir: Path, ids: Sequence[str],
+                      num_classes: int, walk: dict[str, Any], device: torch.device, out_dir: Path) -> None:
+    """W&B: the first ``logger.max_images`` images with their boundary map B (jet overlay) and the walk's mask."""
+    if not uses_wandb(cfg.logger) or int(cfg.logger.get("max_images", 0)) <= 0:
+        return
+    shown = [m for m in ids[: int(cfg.logger.max_images)]]
+    items = []
+    for batch in _batches(data.layout, shown, int(walk["batch_size"])):
+        labels, boundary = walk_batch(module, data.layout, cam_dir, batch, num_classes, walk, device)
+        for image_id, mask, b in zip(batch, labels, boundary, strict=True):
+            image = load_rgb(data.layout.image_path(image_id))
+            up = torch.nn.functional.interpolate(b[None, None], scale_factor=4, mode="bilinear",
+                                                 align_corners=False)[0, 0, : image.shape[0], : image.shape[1]]
+            items.append((image_id, cam_overlay(image, up.numpy()), image, mask))
+    with stage_run(cfg.logger, "irn", str(cfg.name), out_dir, {"stage": "irn"}, finish=False) as run:
+        run.log({"irn/boundary_maps": [wandb_image(overlay, caption=i) for i, overlay, _, _ in items]})
+        log_masks(run, "irn/refined_masks", [im for _, _, im, _ in items], data.meta.class_names,
+                  irn=[m for _, _, _, m in items])
 
 
 def run_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
