@@ -114,11 +114,11 @@ def train_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     module = IRNModule(**_module_kwargs(cfg, run_id))
     transform = ScaleCropTransform(scales=tuple(float(v) for v in i.scales), crop_size=int(i.crop_size), hflip=True)
     dataset = SegmentationDataset(data.layout, str(i.train_split), transform, mask_root=Path(seeds["mask_dir"]))
-    world = int(cfg.trainer.get("devices", 1)) if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") else 1
-    batch = max(1, int(i.batch_size) // max(1, world))
-    loader = train_loader(dataset, batch, int(i.num_workers), bool(cfg.data.pin_memory))
+    loader = train_loader(dataset, int(i.batch_size), int(i.num_workers), bool(cfg.data.pin_memory))
     args: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
-    args.update(max_epochs=int(i.max_epochs), limit_val_batches=0)
+    # the pseudo stage runs on rank 0 only (pipeline.RANK_ZERO_STAGES): one device, one process, whatever
+    # the run's trainer says (a DDP trainer here would wait for ranks that never join)
+    args.update(max_epochs=int(i.max_epochs), limit_val_batches=0, devices=1, num_nodes=1, strategy="auto")
     trainer = pl.Trainer(**args, default_root_dir=str(out), callbacks=[rolling_checkpoint(out, None)],
                          logger=build_logger(cfg.logger, out, stage="irn", group=str(cfg.name)))
     resume = out / "checkpoints" / "last.ckpt"
