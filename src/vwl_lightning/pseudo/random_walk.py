@@ -65,12 +65,12 @@ def _inside_mask(shape: tuple[int, int, int], sizes: Sequence[tuple[int, int]] |
 
 
 def pair_weights(boundary: torch.Tensor, beta: float, radius: int = WALK_RADIUS,
-                 sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
+                 sizes: Sequence[tuple[int, int]] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``S(s, s+d) = (1 − max_{q∈Π(d)} B(s+q))^β`` per half-disc offset, 0 unless both ends are in the image.
 
     ``boundary`` ``(N, h, w)`` → ``(N, |O_R|, h, w)`` indexed by the source ``s`` (spec §10.6, §10.9 item 1:
     B is padded with 1, never 0, and out-of-image pairs are masked).  The path maximum is accumulated in
-    place, so the only large buffer is the result.
+    place, so the only large buffer is the result (``out`` when given, e.g. a strided view of a larger buffer).
     """
     n, h, w = boundary.shape
     r = radius
@@ -79,7 +79,8 @@ def pair_weights(boundary: torch.Tensor, beta: float, radius: int = WALK_RADIUS,
     bp = F.pad(b, (r, r, r, r), value=1.0)
     ip = F.pad(inside, (r, r, r, r), value=False)
     offsets = half_disc_offsets(radius)
-    out = torch.empty((n, len(offsets), h, w), dtype=boundary.dtype, device=boundary.device)
+    if out is None:
+        out = torch.empty((n, len(offsets), h, w), dtype=boundary.dtype, device=boundary.device)
     for k, (dy, dx) in enumerate(offsets):
         plane = out[:, k]
         plane.copy_(b)  # (0, 0) is on every path
@@ -96,20 +97,20 @@ def transition_weights(boundary: torch.Tensor, beta: float, radius: int = WALK_R
 
     ``d_j = 1 + Σ_d S(j, j+d) + Σ_d S(j−d, j)``: the powered affinities of every in-image neighbour plus the
     self-loop (spec §10.9 item 2), so each column of ``T`` sums to 1 (division by the *receiving* pixel's
-    degree, item 3).  Built in place in the result: peak memory ≈ (34 + 69)·n values for R = 5.
+    degree, item 3).  Built in place in the result: peak memory ≈ 69·n values (+ a few n) for R = 5.
     """
-    s = pair_weights(boundary, beta, radius, sizes)
-    n, m, h, w = s.shape
-    out = torch.zeros((n, 2 * m + 1, h, w), dtype=s.dtype, device=s.device)
+    n, h, w = boundary.shape
+    m = len(half_disc_offsets(radius))
+    out = torch.zeros((n, 2 * m + 1, h, w), dtype=boundary.dtype, device=boundary.device)
     out[:, 0] = 1.0
+    forward = out[:, 1::2]  # planes 1, 3, 5, ...: S(j, j+d), seen from j
+    pair_weights(boundary, beta, radius, sizes, out=forward)
     for k, (dy, dx) in enumerate(half_disc_offsets(radius)):
-        out[:, 2 * k + 1] = s[:, k]  # S(j, j+d), seen from j
         if dy >= h or abs(dx) >= w:
             continue  # no pair of this offset fits in the grid
-        # S(j−d, j), seen from j: the source plane shifted by +d (zero where j−d is outside the grid)
-        ty0, tx0, tx1 = dy, max(0, dx), min(w, w + dx)
-        out[:, 2 * k + 2, ty0:, tx0:tx1] = s[:, k, : h - dy, tx0 - dx:tx1 - dx]
-    del s
+        # plane 2k+2: S(j−d, j), seen from j: the source plane shifted by +d (zero where j−d is outside)
+        tx0, tx1 = max(0, dx), min(w, w + dx)
+        out[:, 2 * k + 2, dy:, tx0:tx1] = forward[:, k, : h - dy, tx0 - dx:tx1 - dx]
     degree = out.sum(1, keepdim=True)
     return out.div_(degree)
 
