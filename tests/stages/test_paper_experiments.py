@@ -87,8 +87,17 @@ def check_common_spec_values(cfg) -> None:
     assert (cfg.cam.flip, cfg.cam.flip_fusion) == (True, "max")
     assert cfg.cam.split == cfg.data.train_split
     assert cfg.seeds.bg_score == 0.13 and cfg.seeds.split == cfg.data.seed_split
-    # spec §6: CRF pseudo labels (crf.py: bg 0.15, iter 10, Gaussian 1/3, bilateral 64/3/4) on the train split
-    assert (cfg.pseudo.mode, cfg.pseudo.bg_score, cfg.pseudo.crf_preset) == ("crf", 0.15, "vwl_cam")
+    # spec §10: IRN pseudo labels (the paper's); pseudo.mode=crf keeps crf.py's (bg 0.15, iter 10,
+    # Gaussian 1/3, bilateral 64/3/4) on the train split
+    assert (cfg.pseudo.mode, cfg.pseudo.bg_score, cfg.pseudo.crf_preset) == ("irn", 0.15, "vwl_cam")
+    i = cfg.irn
+    assert (i.backbone_source, i.backbone.name, i.backbone.output_stride, i.backbone.dilate) == \
+        ("imagenet", "resnet50", 16, False)
+    assert (i.seeds.fg_thres, i.seeds.bg_thres, i.seeds.crf_preset) == (0.30, 0.05, "irn_label")
+    assert (i.radius, i.crop_size, i.batch_size, i.max_epochs) == (10, 512, 32, 3)
+    assert (i.optim.lr, i.optim.weight_decay, i.optim.momentum, i.optim.poly_power) == (0.1, 1e-4, 1e-4, 0.9)
+    assert (i.walk.radius, i.walk.beta, i.walk.exp_times, i.walk.bg_thres, i.walk.pad_to) == (5, 10.0, 8, 0.25, 512)
+    assert i.train_split == cfg.data.train_split
     assert cfg.pseudo.split == cfg.data.train_split
     from vwl_lightning.pseudo.dense_crf import CRF_PRESETS, CRFParams
 
@@ -251,6 +260,9 @@ def test_voc_vwl_l_runs_every_stage_on_the_voc_fixture(make_config, tmp_path: Pa
         "model.codebook.size=8", "model.max_epochs=1", "trainer.limit_train_batches=2",
         "cam.scales=[1.0]", "cam.num_workers=0", "cam.batch_size=4", "cam.channels_last=false",
         "pseudo.num_workers=0",
+        # IRN on the fixture: the classifier's small trunk instead of an ImageNet ResNet-50, tiny crops
+        "irn.backbone_source=classifier", "irn.backbone=${model.backbone}", "irn.crop_size=64", "irn.radius=5",
+        "irn.batch_size=2", "irn.max_epochs=1", "irn.num_workers=0", "irn.walk.pad_to=null", "irn.walk.exp_times=3",
     ]
     if "segmenter" in PIPELINE:
         overrides += [

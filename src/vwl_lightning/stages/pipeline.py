@@ -1,6 +1,6 @@
-"""The pipeline: classifier → CAMs → seed evaluation → CRF pseudo masks → segmenter (trained on the pseudo
-masks, evaluated on val without and with CRF), each stage in its own folder under ``run_dir`` with a
-manifest (written last).
+"""The pipeline: classifier → CAMs → seed evaluation → pseudo masks (CRF, or IRN with ``pseudo.mode=irn``:
+``stages/irn.py``) → segmenter (trained on the pseudo masks, evaluated on val without and with CRF), each
+stage in its own folder under ``run_dir`` with a manifest (written last).
 
 Running again in the same ``run_dir`` skips the stages that are complete *and were made with the current
 settings* (their fingerprint, :mod:`vwl_lightning.stages.identity`) and resumes the one that was interrupted;
@@ -109,7 +109,17 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     p = cfg.pseudo
     out_dir = Path(str(p.out_dir))
     done = read_manifest(out_dir)
-    if done is None:
+    if done is None and str(p.mode) == "irn":
+        from vwl_lightning.stages.irn import run_irn
+
+        done = run_irn(cfg, data)
+        metrics = done.get("metrics") or {}
+        if "miou" in metrics:
+            print(f"pseudo masks (irn, {p.split}): mIoU {metrics['miou']:.4f} -> {out_dir}")
+        report = out_dir / "metrics.json"
+        track_stage(cfg, "pseudo", out_dir, read_json(report) if report.is_file() else {}, data, p.split,
+                    pseudo=lambda i: read_label_png(Path(done["mask_dir"]) / f"{i}.png"))
+    elif done is None:
         params = crf_params_from_config({"preset": str(p.crf_preset), **OmegaConf.to_container(p.crf, resolve=True)},
                                         prefix="pseudo.crf")
         done = make_pseudo_labels(

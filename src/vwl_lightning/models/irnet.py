@@ -1,0 +1,113 @@
+"""IRNet's boundary branch over the five levels of a ResNet trunk (spec §10.4).
+
+Levels: ``S1`` = stem (conv1, BN, ReLU, max-pool; stride 4), ``S2..S5`` = layer1..layer4.  For each level
+``E_k = ReLU(Up_k(GN(Conv1×1(S_k → 32, no bias))))`` with GroupNorm(4, 32) and a bilinear
+(align_corners=False) upsampling by ``stride_k / stride_2``, cropped top-left to the size of ``S2``; the
+five maps are concatenated (160 channels) and ``Conv1×1(160 → 1)`` with bias gives the boundary logits
+``Z`` at stride 4; the boundary map is ``B = σ(Z)``.
+
+The trunk is a :class:`~vwl_lightning.models.backbone.Backbone` (ResNet).  ``frozen=True`` is IRN's
+setting (spec §10.4): every level is detached, the trunk's parameters get no gradient, and it stays in eval
+mode.  The displacement (instance) branch shares only the trunk (spec §10.4) and is not built; it would be
+a second head reading the same ``levels(x)`` (``IRNet.displacement`` is the slot for it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vwl_lightning.errors import ConfigError
+from vwl_lightning.models.backbone import RESNET_STAGES, Backbone
+
+BRANCH_CHANNELS = 32
+GN_GROUPS = 4
+
+
+class IRNet(nn.Module):
+    """Boundary branch on a ResNet :class:`Backbone`; ``forward`` returns the logits ``Z`` ``(N, 1, h4, w4)``."""
+
+    def __init__(self, trunk: Backbone, frozen: bool = True) -> None:
+        super().__init__()
+        if not trunk.is_resnet:
+            raise ConfigError(f"irn.backbone: IRNet reads the five levels of a ResNet (stem, layer1-4); "
+                              f"{trunk.name} has none")
+        self.trunk = trunk
+        self.frozen = frozen
+        if frozen:
+            for p in self.trunk.parameters():
+                p.requires_grad_(False)
+        channels, strides = self._probe()
+        if strides[1] != 4:
+            raise ConfigError(f"irn.backbone: layer1 of {trunk.name} has stride {strides[1]}, IRNet needs 4")
+        self.level_strides = strides
+        self.edge = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, BRANCH_CHANNELS, 1, bias=False), nn.GroupNorm(GN_GROUPS, BRANCH_CHANNELS))
+            for c in channels)
+        self.edge_out = nn.Conv2d(BRANCH_CHANNELS * len(channels), 1, 1, bias=True)
+        self.displacement: nn.Module | None = None  # the instance path's branch (spec §10.4), not built
+
+    @torch.no_grad()
+    def _probe(self) -> tuple[list[int], list[int]]:
+        was = self.trunk.training
+        self.trunk.eval()
+        levels = self._levels(torch.zeros(1, 3, 64, 64))
+        self.trunk.train(was)
+        return [int(f.shape[1]) for f in levels], [64 // int(f.shape[-1]) for f in levels]
+
+    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        t = self.trunk
+        if t.renorm is not None:
+            x = t.renorm(x)
+        out = [t.stem(x)]
+        for stage in RESNET_STAGES:
+            out.append(getattr(t, stage)(out[-1]))
+        return out
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``S1..S5``; detached when the trunk is frozen (spec §10.4)."""
+        if self.frozen:
+            with torch.no_grad():
+                return [f.detach() for f in self._levels(x)]
+        return self._levels(x)
+
+    def train(self, mode: bool = True) -> IRNet:
+        """A frozen trunk stays in eval mode (its BN uses stored statistics), as in IRN."""
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.levels(x)
+        size = levels[1].shape[-2:]
+        maps = []
+        for feat, head, stride in zip(levels, self.edge, self.level_strides, strict=True):
+            e = head(feat)
+            factor = stride // self.level_strides[1]
+            if factor > 1:
+                e = F.interpolate(e, scale_factor=factor, mode="bilinear", align_corners=False)
+            maps.append(torch.relu(e)[..., : size[0], : size[1]])
+        return self.edge_out(torch.cat(maps, 1))
+
+
+def boundary_map(model: IRNet, images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+    """Inference boundary ``B = σ((Z(x) + flip(Z(flip x)))/2)`` cropped to ``(⌈H/4⌉, ⌈W/4⌉)`` (spec §10.6 step 2).
+
+    ``images`` ``(N, 3, H, W)`` normalised; with ``pad_to`` they are zero-padded right/bottom to that square
+    (IRN: the 512 training crop).  Returns ``(N, h, w)``.
+    """
+    n, _, height, width = images.shape
+    x = images
+    if pad_to is not None:
+        if height > pad_to or width > pad_to:
+            raise ConfigError(f"irn.infer_pad: {height}x{width} images exceed the {pad_to} px padding size")
+        x = F.pad(x, (0, pad_to - width, 0, pad_to - height))
+    z = model(torch.cat([x, x.flip(-1)], 0))
+    h, w = -(-height // 4), -(-width // 4)
+    z0, z1 = z[:n], z[n:].flip(-1)  # the flipped logits flipped back, then both cropped top-left (§10.10 item 5)
+    return torch.sigmoid((z0 + z1) / 2)[:, 0, :h, :w]

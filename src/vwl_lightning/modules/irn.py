@@ -1,0 +1,104 @@
+"""IRNet's boundary branch as a LightningModule: pair labels, affinities, the affinity loss, SGD (spec §10.3-10.5).
+
+A batch holds crops ``(N, 3, S, S)`` and confident-seed masks ``(N, S, S)`` (0 background, classes, 255
+uncertain).  The stride-4 labels take pixel ``(4y+2, 4x+2)`` (spec §10.3 item 6); pair labels and
+affinities ``a = 1 − max_{Π(d)} B`` use the training radius (10, spec §10.3); the loss is
+``((L_bg⁺ + L_fg⁺)/2 + L_neg)/2`` over the whole batch (spec §10.5).
+
+Optimiser (spec §10.5): SGD on the boundary branch (and on the trunk when it is not frozen) at ``lr``,
+coupled weight decay on every parameter, poly schedule ``lr·(1 − t/T)^power``.  ``momentum``: IRN's code
+passes the weight decay into SGD's momentum slot (effective 1e-4, the faithful value); 0.9 is the corrected
+one.  Backbone sources (``backbone_source``): ``classifier`` (this run's classifier trunk, loaded and
+frozen), ``file``/``hub`` (ImageNet weights through :class:`Backbone`, frozen), ``scratch`` (random init,
+trained with the branch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.models.backbone import Backbone, load_state_dict_file
+from vwl_lightning.models.irnet import IRNet
+from vwl_lightning.modules.optim import build_sgd, poly_lambda
+from vwl_lightning.pseudo.affinity import affinity_loss, pair_labels, training_affinities
+from vwl_lightning.utils.manifest import read_manifest
+
+BACKBONE_SOURCES = ("classifier", "imagenet", "scratch")
+
+
+def stride4_labels(masks: torch.Tensor) -> torch.Tensor:
+    """IRN's label ↓4: cell ``(y, x)`` takes pixel ``(4y+2, 4x+2)`` (PIL NEAREST at 0.25, spec §10.3 item 6)."""
+    return masks[:, 2::4, 2::4]
+
+
+def load_classifier_trunk(trunk: Backbone, source: str) -> Path:
+    """Copy ``model.backbone.*`` of the classifier checkpoint (a stage folder or a file) into ``trunk``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise DataError(f"irn.classifier_dir {path}: no completed classifier stage there (manifest.json "
+                            f"missing); train it first or set irn.backbone_source=scratch")
+        path = Path(manifest["checkpoint"])
+    if not path.is_file():
+        raise DataError(f"irn.classifier_dir {path}: classifier checkpoint not found")
+    state = load_state_dict_file(path)
+    own = trunk.state_dict()
+    weights = {k.removeprefix("model.backbone."): v for k, v in state.items() if k.startswith("model.backbone.")}
+    bad = [k for k, v in own.items() if k not in weights or weights[k].shape != v.shape]
+    if bad:
+        raise DataError(f"{path}: its classifier trunk does not match irn.backbone (e.g. {bad[0]}); use the "
+                        f"classifier's backbone name and model_kwargs")
+    trunk.load_state_dict({k: weights[k] for k in own})
+    return path
+
+
+class IRNModule(pl.LightningModule):
+    """Trains IRNet's boundary branch on confident seeds (spec §10.3-10.5)."""
+
+    def __init__(self, backbone: dict, backbone_source: str = "classifier", classifier_dir: str | None = None,
+                 radius: int = 10, optim: dict | None = None, ignore_index: int = 255, cam_dir: str = "",
+                 run_id: str = "") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if backbone_source not in BACKBONE_SOURCES:
+            raise ConfigError(f"irn.backbone_source: need one of {list(BACKBONE_SOURCES)}, got {backbone_source!r}")
+        trunk = Backbone(**backbone)
+        if backbone_source == "classifier":
+            if not classifier_dir:
+                raise ConfigError("irn.classifier_dir: backbone_source=classifier needs the classifier stage folder")
+            load_classifier_trunk(trunk, classifier_dir)
+        self.model = IRNet(trunk, frozen=backbone_source != "scratch")
+        self.optim_cfg = {"lr": 0.1, "weight_decay": 1e-4, "momentum": 1e-4, "poly_power": 0.9, **(optim or {})}
+        self.radius = int(radius)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def losses(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        labels = stride4_labels(masks)
+        boundary = torch.sigmoid(self.model(images))[:, 0, : labels.shape[1], : labels.shape[2]]
+        bg, fg, neg = pair_labels(labels, self.radius, self.ignore_index)
+        return affinity_loss(training_affinities(boundary, self.radius), bg, fg, neg)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch["image"], batch["mask"])
+        n = batch["image"].shape[0]
+        self.log("train/loss", out["total"], prog_bar=True, batch_size=n, sync_dist=True)
+        for key in ("bg_pos", "fg_pos", "neg"):
+            self.log(f"train/loss_{key}", out[key], batch_size=n, sync_dist=True)
+        return out["total"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim_cfg
+        groups = [{"params": self.model.trainable_parameters(), "lr_mult": 1.0, "name": "boundary"}]
+        optimizer = build_sgd(groups, float(o["lr"]), float(o["momentum"]), float(o["weight_decay"]))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, float(o["poly_power"])))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
