@@ -71,6 +71,20 @@ def test_fingerprint_covers_the_keys_and_upstream_not_paths(make_config) -> None
     assert differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}) == ["b=2 (now 3)", "c=\"<unset>\" (now 0)"]
 
 
+def test_irn_settings_count_only_when_the_pseudo_stage_runs_irn(make_config) -> None:
+    crf = stage_identity("pseudo", make_config())
+    assert not any(k.startswith("irn.") for k in crf["settings"]) and set(crf["upstream"]) == {"cams"}
+    assert stage_identity("pseudo", make_config("irn.walk.beta=5"))["fingerprint"] == crf["fingerprint"]
+    irn = stage_identity("pseudo", make_config("pseudo.mode=irn"))
+    assert irn["settings"]["irn.walk.beta"] == 10.0 and irn["settings"]["irn.radius"] == 10
+    assert "irn.out_dir" not in irn["settings"] and "irn.classifier_dir" not in irn["settings"]
+    assert set(irn["upstream"]) == {"cams", "classifier"}  # the frozen trunk is the classifier's
+    beta = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn.walk.beta=5"))
+    assert beta["fingerprint"] != irn["fingerprint"]
+    scratch = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn.backbone_source=scratch"))
+    assert set(scratch["upstream"]) == {"cams"}
+
+
 def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(first_run: SimpleNamespace,
                                                                             tmp_path: Path) -> None:
     """Scenarios 1 and 2. (1) gamma=4 in the same folder: refused, one line naming the key and both values,

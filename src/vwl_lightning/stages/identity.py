@@ -58,11 +58,18 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
                   "trainer.accumulate_grad_batches", "trainer.gradient_clip_val"),
 }
 
+# read by a stage only in one of its modes: stage -> (mode key, mode value, extra keys); pseudo.mode=irn trains
+# IRN's boundary branch and walks (stages/irn.py), so every IRN setting determines its masks
+MODE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "pseudo": ("pseudo.mode", "irn", ("irn",)),
+}
+
 # keys under the ones above that say where or how fast, not what (paths are replaced by upstream fingerprints)
 NOT_IDENTITY = (
     "data.source.cache_dir", "model.checkpoint_every_n_steps", "model.backbone.data_norm",
     "segmenter.pseudo_dir", "segmenter.out_dir", "segmenter.backbone_init", "segmenter.num_workers",
     "segmenter.checkpoint_every_n_steps", "segmenter.eval.crf_workers", "data.pin_memory",
+    "irn.cam_dir", "irn.out_dir", "irn.checkpoint", "irn.classifier_dir", "irn.num_workers", "irn.seeds.num_workers",
 )
 
 # the folders (or files) a stage consumes, by upstream stage name: config key of the folder
@@ -70,7 +77,7 @@ INPUT_KEYS: dict[str, dict[str, str]] = {
     "classifier": {},
     "cams": {"classifier": "cam.classifier_dir"},
     "seeds": {"cams": "seeds.cam_dir"},
-    "pseudo": {"cams": "pseudo.cam_dir"},
+    "pseudo": {"cams": "pseudo.cam_dir", "classifier": "irn.classifier_dir"},
     "segmenter": {"pseudo": "segmenter.pseudo_dir", "classifier": "segmenter.backbone_init"},
 }
 
@@ -96,7 +103,12 @@ def _excluded(key: str) -> bool:
 def stage_settings(stage: str, cfg: DictConfig) -> dict[str, Any]:
     """The resolved values of :data:`STAGE_KEYS` ``[stage]``, flattened to dotted keys, minus NOT_IDENTITY."""
     settings: dict[str, Any] = {}
-    for key in STAGE_KEYS[stage]:
+    keys = STAGE_KEYS[stage]
+    if stage in MODE_KEYS:
+        mode_key, mode, extra = MODE_KEYS[stage]
+        if str(OmegaConf.select(cfg, mode_key, default=None)) == mode:
+            keys = (*keys, *extra)
+    for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
@@ -144,6 +156,9 @@ def stage_upstream(stage: str, cfg: DictConfig) -> dict[str, dict[str, str]]:
         value = OmegaConf.select(cfg, key, default=None)
         if stage == "cams" and cfg.cam.get("checkpoint"):
             value = cfg.cam.checkpoint
+        if stage == "pseudo" and name == "classifier" and not (
+                str(cfg.pseudo.mode) == "irn" and str(OmegaConf.select(cfg, "irn.backbone_source")) == "classifier"):
+            continue  # IRN's frozen trunk is the classifier's only with irn.backbone_source=classifier
         if value is None or str(value) in ("", "None", "null"):
             continue
         upstream[name] = {"location": str(value), "fingerprint": output_fingerprint(value)}
