@@ -185,5 +185,5 @@ def read_torchscript_meta(path: str | Path) -> dict[str, Any]:
     """The ``vwl_meta.json`` of an exported TorchScript file."""
     extra = {META_FILE: ""}
     with _quiet_export_warnings():
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[META_FILE])
