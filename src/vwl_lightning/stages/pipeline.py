@@ -75,14 +75,15 @@ def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     metrics = evaluate_seeds(s.cam_dir, data.layout, s.split, out_dir, class_names=list(data.meta.class_names),
                              bg_scores=sweep_scores(s.sweep), configured_score=float(s.bg_score),
                              dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
-    summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured") if k in metrics}
+    summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured", "best_at_sweep_edge")
+               if k in metrics}
     summary["configured_bg_score"] = float(s.bg_score)
     write_manifest(out_dir, "seeds", cam_dir=str(s.cam_dir), split=s.split, metrics=summary)
     track_stage(cfg, "seeds", out_dir, metrics, data, s.split,
                 seed=lambda i: cams_to_label(load_cam_file(cam_path(s.cam_dir, i)).high_res,
                                              load_cam_file(cam_path(s.cam_dir, i)).keys, float(s.bg_score)))
-    print(f"CAM seeds ({s.split}): mIoU {summary['miou_at_configured']:.4f} at bg {s.bg_score}, best "
-          f"{summary['best_miou']:.4f} at bg {summary['best_bg_score']:.2f} -> {out_dir / 'metrics.md'}")
+    print(f"CAM seeds ({s.split}): mIoU {100 * summary['miou_at_configured']:.2f} % at bg {s.bg_score}, best "
+          f"{100 * summary['best_miou']:.2f} % at bg {summary['best_bg_score']:.2f} -> {out_dir / 'metrics.md'}")
     return summary
 
 
@@ -210,9 +211,29 @@ def is_complete(name: str, cfg: DictConfig) -> bool:
     return read_manifest(stage_dir(name, cfg)) is not None
 
 
-def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """``results.json`` and ``results.md`` with the headline numbers and each stage's time."""
+# results.md rows in pipeline order: (stage, what, results.json key, kind) with kind "pct" (mIoU) or "score"
+RESULT_ROWS = (
+    ("seeds", "CAM seed mIoU at the best background score", "cam_seed_miou_best", "pct"),
+    ("seeds", "best background score of the sweep", "cam_seed_best_bg_score", "score"),
+    ("seeds", "CAM seed mIoU at the configured background score", "cam_seed_miou_configured", "pct"),
+    ("seeds", "configured background score", "cam_seed_configured_bg_score", "score"),
+    ("pseudo", "pseudo-mask mIoU", "pseudo_mask_miou", "pct"),
+    ("segmenter", "val mIoU", "segmenter_val_miou", "pct"),
+    ("segmenter", "val mIoU with CRF", "segmenter_val_miou_crf", "pct"),
+)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{100 * value:.2f} %" if kind == "pct" else f"{value:.2f}"
+
+
+def write_results(run_dir: Path, results: dict[str, Any], order: tuple[str, ...] = PIPELINE) -> dict[str, Any]:
+    """``results.json`` (fractions, for scripts) and ``results.md`` (mIoU in %, stages in pipeline order)
+    with the headline numbers and each stage's time; returns the headline."""
     timings = read_json(run_dir / TIMINGS) if (run_dir / TIMINGS).is_file() else {}
+    ordered = [n for n in order if n in timings] + [n for n in PIPELINE if n in timings and n not in order]
     seeds = results.get("seeds", {})
     pseudo = (results.get("pseudo") or {}).get("metrics") or {}
     segmenter = results.get("segmenter") or {}
@@ -224,15 +245,18 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
         "pseudo_mask_miou": pseudo.get("miou"),
         "segmenter_val_miou": segmenter.get("miou"),
         "segmenter_val_miou_crf": segmenter.get("miou_crf"),
-        "stage_seconds": timings,
+        "stage_seconds": {n: timings[n] for n in ordered},
     }
     write_json_atomic(run_dir / "results.json", headline)
-    lines = ["# Results", "", "| measure | value |", "|---|---|"]
-    for key, value in headline.items():
-        if key != "stage_seconds":
-            lines.append(f"| {key} | {value if not isinstance(value, float) else f'{value:.4f}'} |")
-    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines = ["# Results", "", "| stage | measure | value |", "|---|---|---:|"]
+    for stage, what, key, kind in sorted(RESULT_ROWS, key=lambda r: order.index(r[0]) if r[0] in order else 99):
+        if headline[key] is not None:
+            lines.append(f"| {stage} | {what} (`{key}`) | {_cell(headline[key], kind)} |")
+    if seeds.get("best_at_sweep_edge"):
+        lines += ["", f"Warning: the best background score sits at the {seeds['best_at_sweep_edge']} end of the "
+                      "sweep (seeds.sweep); widen the sweep to see whether a better score lies beyond it."]
+    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---:|"]
+    lines += [f"| {k} | {timings[k]:.1f} |" for k in ordered]
     write_text_atomic(run_dir / "results.md", "\n".join(lines) + "\n")
     return headline
 
@@ -248,8 +272,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = run_stages(cfg, names)
         if rank_zero_only.rank != 0:
             return {}
-        headline = write_results(Path(str(cfg.run_dir)), results)
-        print((Path(str(cfg.run_dir)) / "results.md").read_text())
+        headline = write_results(Path(str(cfg.run_dir)), results, names)
+        report = Path(str(cfg.run_dir)) / "results.md"
+        print(report.read_text())
+        print(f"results: {report}")
         return headline
     if stage not in STAGES:
         raise ConfigError(f"stage must be pipeline or one of {', '.join(STAGES)}; got {stage!r}")
