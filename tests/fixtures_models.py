@@ -20,7 +20,7 @@ NAMES = ["background", "disc", "square", "triangle"]
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 TINY_MODELS = [
     "model.codebook.size=8", "model.backbone.model_kwargs.channels=[8,16,32,64]",
-    "segmenter.backbone.model_kwargs.channels=[8,16,32,64]", "segmenter.backbone_init=null",
+    "segmenter.backbone.model_kwargs={channels:[8,16,32,64]}", "segmenter.backbone_init=null",
     "model.channels_last=false", "segmenter.channels_last=false",
     f"data.normalise.mean={MEAN}", f"data.normalise.std={STD}",
 ]

@@ -33,7 +33,7 @@ TINY_PIPELINE = [
     "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
     "cam.scales=[1.0,0.5]", "cam.num_workers=0", "cam.batch_size=8",
     "pseudo.num_workers=0",
-    "segmenter.max_epochs=1", "segmenter.backbone.model_kwargs.channels=[8,16,32,64]",
+    "segmenter.max_epochs=1", "segmenter.backbone.model_kwargs={channels:[8,16,32,64]}",
 ]
 
 

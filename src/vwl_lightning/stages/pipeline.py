@@ -169,8 +169,56 @@ def record_time(run_dir: Path, stage: str, seconds: float) -> None:
     write_json_atomic(path, timings)
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+
+
+def check_settings(cfg: DictConfig, names: tuple[str, ...]) -> None:
+    """Refuse, before any work, settings that cannot work together (one line naming the key):
+
+    * a stage's input folder that neither exists nor is made earlier in this run (``cam.classifier_dir`` /
+      ``cam.checkpoint``, ``seeds.cam_dir``, ``pseudo.cam_dir``, ``segmenter.pseudo_dir``,
+      ``segmenter.backbone_init``);
+    * ``segmenter.backbone_init`` = the classifier this run trains, with a segmenter trunk (``name``,
+      ``model_kwargs``) other than the classifier's (``model.backbone``): the copy would fail after training.
+    """
+    made = {"classifier": Path(str(cfg.run_dir)) / "classifier", "cams": Path(str(cfg.cam.out_dir)),
+            "pseudo": Path(str(cfg.pseudo.out_dir))}
+
+    def needs(stage: str, key: str, value: Any, producer: str, hint: str) -> None:
+        if stage not in names or value is None:
+            return
+        path = Path(str(value)).expanduser()
+        later = producer in names and names.index(producer) < names.index(stage) and _same_path(path, made[producer])
+        if not later and not (path.is_file() or (path / "manifest.json").is_file()
+                              or (path.is_dir() and producer in ("cams", "pseudo") and any(path.iterdir()))):
+            raise ConfigError(f"{key}={path}: no completed {producer} stage there and this run does not make it "
+                              f"({hint})")
+
+    c = cfg.cam
+    if not c.get("checkpoint"):
+        needs("cams", "cam.classifier_dir", c.classifier_dir, "classifier", "train it first or set cam.checkpoint")
+    needs("seeds", "seeds.cam_dir", cfg.seeds.cam_dir, "cams", "point it at a CAM folder")
+    needs("pseudo", "pseudo.cam_dir", cfg.pseudo.cam_dir, "cams", "point it at a CAM folder")
+    needs("segmenter", "segmenter.pseudo_dir", cfg.segmenter.pseudo_dir, "pseudo",
+          "point it at a pseudo stage folder or a folder of <image id>.png masks")
+    init = cfg.segmenter.get("backbone_init")
+    needs("segmenter", "segmenter.backbone_init", init, "classifier",
+          "point it at a classifier folder or checkpoint, or set segmenter.backbone_init=null")
+    if "segmenter" in names and init and "classifier" in names and _same_path(init, made["classifier"]):
+        seg = OmegaConf.to_container(cfg.segmenter.backbone, resolve=True)
+        own = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+        for key in ("name", "model_kwargs"):
+            a, b = seg.get(key), own.get(key)
+            if (a or None) != (b or None):
+                raise ConfigError(f"segmenter.backbone.{key}={a} differs from model.backbone.{key}={b}, but "
+                                  f"segmenter.backbone_init copies this run's classifier trunk; make them equal "
+                                  f"or set segmenter.backbone_init=null")
+
+
 def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     """Run ``names`` in order; return each stage's summary."""
+    check_settings(cfg, names)
     data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
     run_dir = Path(str(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
