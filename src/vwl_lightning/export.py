@@ -33,7 +33,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from vwl_lightning.stages.export import export
+    from vwl_lightning.utils.noise import filter_third_party_noise
 
+    filter_third_party_noise()
     args = parser().parse_args(argv)
     models = args.models
     try:

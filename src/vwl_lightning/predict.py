@@ -47,7 +47,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run; exit status 0 when every image was written, 1 when some failed, 2 on bad input."""
     from vwl_lightning.stages.predict import CamSettings, MaskSettings, crf_settings, predict_cams, predict_masks
+    from vwl_lightning.utils.noise import filter_third_party_noise
 
+    filter_third_party_noise()
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vwl_lightning.cam.files import cam_path, cams_to_label, load_cam_file
@@ -31,6 +32,7 @@ from vwl_lightning.tracking.wandb_runs import (
     log_report,
     stage_run,
     uses_wandb,
+    wandb_image,
 )
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
@@ -61,7 +63,36 @@ def run_cams(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
 
     out_dir = make_cams(cfg, data)
     print(f"CAM files: {out_dir}")
+    if rank_zero_only.rank == 0 and int(cfg.cam.get("overlay_images", 0)) > 0:
+        grid_path = out_dir / CAM_GRID
+        if not grid_path.is_file():
+            write_cam_grid(out_dir, data, str(cfg.cam.split), int(cfg.cam.overlay_images), float(cfg.seeds.bg_score),
+                           grid_path)
+            print(f"CAM overlays: {grid_path}")
+        if uses_wandb(cfg.logger):
+            with stage_run(cfg.logger, "cams", str(cfg.name), out_dir, {"stage": "cams", "split": str(cfg.cam.split)}
+                           ) as wandb_run:
+                wandb_run.log({"cams/overlays": wandb_image(np.asarray(Image.open(grid_path).convert("RGB")),
+                                                            caption="image | CAM per labelled class | seed")})
     return {"cam_dir": str(out_dir)}
+
+
+CAM_GRID = "overlays.png"
+
+
+def write_cam_grid(cam_dir: Path, data: ResolvedData, split: str, count: int, bg_score: float, path: Path) -> Path:
+    """A grid of the first ``count`` images of ``split``: the image, one captioned CAM overlay per labelled
+    class, and the seed at ``bg_score`` (spec §5), written as an RGB PNG."""
+    from vwl_lightning.tracking.pictures import cam_tiles, grid, save_png
+
+    rows = []
+    for image_id in data.layout.split_ids(split)[:count]:
+        record = load_cam_file(cam_path(cam_dir, image_id))
+        image = load_rgb(data.layout.image_path(image_id))
+        seed = cams_to_label(record.high_res, record.keys, bg_score)
+        rows.append(cam_tiles(image, record.high_res.astype(np.float32), record.keys.tolist(),
+                              data.meta.class_names, seed))
+    return save_png(grid(rows), path)
 
 
 def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
