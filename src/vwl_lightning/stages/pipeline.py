@@ -135,7 +135,7 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
             dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
         metrics = done.get("metrics") or {}
         if "miou" in metrics:
-            print(f"pseudo masks ({p.split}): mIoU {metrics['miou']:.4f} -> {out_dir}")
+            print(f"pseudo masks ({p.split}): mIoU {100 * metrics['miou']:.2f} % -> {out_dir}")
         report = out_dir / "metrics.json"
         track_stage(cfg, "pseudo", out_dir, read_json(report) if report.is_file() else {}, data, p.split,
                     pseudo=lambda i: read_label_png(Path(done["mask_dir"]) / f"{i}.png"))
@@ -158,8 +158,8 @@ def run_segmenter(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
                             prediction=lambda i, v=variant: read_label_png(seg_dir / v / "predictions" / f"{i}.png"))
     finish_active_run()
     crf = summary.get("miou_crf")
-    print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {summary['miou']:.4f}"
-          + (f", with CRF {crf:.4f}" if crf is not None else "") + f" -> {summary['stage_dir']}")
+    print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {100 * summary['miou']:.2f} %"
+          + (f", with CRF {100 * crf:.2f} %" if crf is not None else "") + f" -> {summary['stage_dir']}")
     return summary
 
 
