@@ -3,7 +3,7 @@ predict and export tests: no training, a few seconds on one CPU thread."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -34,17 +34,19 @@ def save_checkpoint(module: pl.LightningModule, path: Path) -> Path:
     return path
 
 
-def tiny_run(make_config: Callable[..., DictConfig], run_dir: Path, seed: int = 0) -> DictConfig:
+def tiny_run(make_config: Callable[..., DictConfig], run_dir: Path, seed: int = 0,
+             names: Sequence[str] = tuple(NAMES)) -> DictConfig:
     """``run_dir/{classifier,segmenter}/`` with a checkpoint and a completed manifest each."""
     cfg = make_config(*TINY_MODELS, run_dir=run_dir)
     torch.manual_seed(seed)
-    meta = DatasetMeta("toy", tuple(NAMES))
+    meta = DatasetMeta("toy", tuple(names))
     config = OmegaConf.to_container(cfg, resolve=True)
     classifier = build_classifier_module(cfg, meta.num_foreground, list(meta.class_names)).eval()
     ckpt = save_checkpoint(classifier, run_dir / "classifier" / "classifier.ckpt")
     write_manifest(run_dir / "classifier", "classifier", checkpoint=str(ckpt), config=config,
-                   class_names=NAMES)
+                   class_names=list(names))
     segmenter = build_segmenter_module(cfg, meta.num_classes, list(meta.class_names)).eval()
     ckpt = save_checkpoint(segmenter, run_dir / "segmenter" / "segmenter.ckpt")
-    write_manifest(run_dir / "segmenter", "segmenter", checkpoint=str(ckpt), config=config, class_names=NAMES)
+    write_manifest(run_dir / "segmenter", "segmenter", checkpoint=str(ckpt), config=config,
+                   class_names=list(names))
     return cfg

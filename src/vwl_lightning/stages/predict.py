@@ -320,10 +320,19 @@ def predict_cams(source: str | Path, images: Sequence[str | Path], out_dir: str 
             if not batch:
                 continue
         tensor = to_batch(batch, mean, std, run_device)
-        with torch.inference_mode():
-            scores = torch.sigmoid(net(tensor).logits.float()).cpu().numpy()
-            high, low = multiscale_cams(net.cam, tensor, settings.scales, settings.flip, settings.flip_fusion,
-                                        stride4_shape(*tensor.shape[-2:]))
+        try:
+            with torch.inference_mode():
+                # image scores only to predict labels (pooling needs feature maps >= its finest pyramid level)
+                scores = (torch.sigmoid(net(tensor).logits.float()).cpu().numpy() if given is None
+                          else np.full((len(batch), len(names) - 1), np.nan))
+                high, low = multiscale_cams(net.cam, tensor, settings.scales, settings.flip, settings.flip_fusion,
+                                            stride4_shape(*tensor.shape[-2:]))
+        except ValueError as exc:  # an image too small for the network: name it, go on with the others
+            for item in batch:
+                message = f"{item.path}: {exc}"
+                print(f"error: {message}")
+                outcome.failed[str(item.path)] = message
+            continue
         for i, item in enumerate(batch):
             if given is None:
                 keys1 = [int(c) + 1 for c in np.flatnonzero(scores[i] >= settings.label_threshold)]
@@ -340,7 +349,8 @@ def predict_cams(source: str | Path, images: Sequence[str | Path], out_dir: str 
                      save_png(grid([cam_tiles(item.image, high_i, keys1, names, seed)]), out / f"{stem}_cams.png")]
             outcome.written[str(item.path)] = [str(f) for f in files]
             chosen[stem] = {"classes": [names[k] for k in keys1],
-                            "scores": {names[c + 1]: round(float(s), 4) for c, s in enumerate(scores[i])}}
+                            "scores": None if given is not None else
+                            {names[c + 1]: round(float(v), 4) for c, v in enumerate(scores[i])}}
     write_legend(out, names)
     write_manifest(out, "predict", checkpoint=str(checkpoint), model="classifier", class_names=names,
                    mean=list(mean), std=list(std), scales=list(settings.scales), flip=settings.flip,
