@@ -1,6 +1,6 @@
 """A built wheel ships the configs and runs: ``pip wheel . --no-deps``, ``pip install --target`` (the wheel's
 own files, outside the source tree), then ``python -m vwl_lightning --help``, the composed default config and
-a tiny classifier run from that install."""
+the default pipeline (every stage, small settings) from that install."""
 
 from __future__ import annotations
 
@@ -59,15 +59,17 @@ def test_installed_wheel_runs_help_and_composes(installed: tuple[Path, Path]) ->
     assert "name: synthetic_vwl_l" in config.stdout and "pipeline:" in config.stdout
 
 
-def test_installed_wheel_trains_a_tiny_classifier(installed: tuple[Path, Path]) -> None:
+def test_installed_wheel_runs_the_default_pipeline_with_small_settings(installed: tuple[Path, Path]) -> None:
     _, root = installed
     small = ["data.source.generator.num_train=16", "data.source.generator.num_val=8",
              "data.source.generator.image_size=64", "data.train_transform.resize_long=[56,72]",
              "data.train_transform.crop_size=64", "data.eval_size=64", "data.batch_size=8", "data.num_workers=0",
              "model.max_epochs=1", "model.codebook.size=8", "model.backbone.model_kwargs.channels=[8,16,32,64]",
-             "logger=csv", "trainer.enable_progress_bar=false", "pipeline=[classifier]",
+             "segmenter.max_epochs=1", "cam.scales=[1.0]", "cam.num_workers=0", "pseudo.num_workers=0",
+             "logger=csv", "trainer.enable_progress_bar=false",
              f"paths.cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"]
     result = run_installed(root, "-m", "vwl_lightning", *small, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (root / "run" / "classifier" / "manifest.json").is_file()
+    for stage in ("classifier", "cams", "seeds", "pseudo", "segmenter"):
+        assert (root / "run" / stage / "manifest.json").is_file(), stage
     assert f"results: {root / 'run' / 'results.md'}" in result.stdout
