@@ -172,7 +172,7 @@ def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNam
     manifest = read_manifest(run_dir / "segmenter")
     assert manifest["mask_dir"] == str(source / "pseudo" / "masks")
     assert manifest["config"]["segmenter"]["backbone_init"] == f"{source}/classifier"
-    assert f"segmenter (val): mIoU {manifest['eval']['eval']['miou']:.4f}" in result.stdout
+    assert f"segmenter (val): mIoU {100 * manifest['eval']['eval']['miou']:.2f} %" in result.stdout
     # a pseudo folder that does not exist is refused, naming the key and the folder
-    with pytest.raises(DataError, match=rf"segmenter\.pseudo_dir {tmp_path}/nothing: pseudo-mask folder not found"):
+    with pytest.raises(DataError, match=rf"segmenter\.pseudo_dir={tmp_path}/nothing: no completed pseudo stage there"):
         stage("stage=segmenter", f"segmenter.pseudo_dir={tmp_path}/nothing", where=tmp_path / "other")

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fixtures_models import save_checkpoint
-from vwl_lightning.errors import ConfigError
+from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.stages.pipeline import check_settings, run_stages
 from vwl_lightning.stages.train_classifier import build_module as build_classifier_module
 from vwl_lightning.stages.train_segmenter import build_module as build_segmenter_module
@@ -41,14 +41,14 @@ def test_a_stage_without_its_input_is_refused_at_start_up(make_config, tmp_path:
     pseudo.mkdir()
     (pseudo / "x.png").write_bytes(b"")
     cfg = make_config(*(o.replace("PSEUDO", str(pseudo)) for o in overrides))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(DataError, match=message):
         check_settings(cfg, names)
 
 
 def test_stages_made_earlier_in_the_same_run_count_as_present(make_config) -> None:
     cfg = make_config()
     check_settings(cfg, ("classifier", "cams", "seeds", "pseudo", "segmenter"))
-    with pytest.raises(ConfigError, match="no completed classifier stage"):
+    with pytest.raises(DataError, match="no completed classifier stage"):
         check_settings(cfg, ("cams", "classifier"))  # the order matters
 
 

@@ -24,7 +24,7 @@ from vwl_lightning.cam.files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
-from vwl_lightning.errors import ConfigError
+from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.tracking.wandb_runs import (
     finish_active_run,
     log_artifact,
@@ -223,7 +223,7 @@ def check_settings(cfg: DictConfig, names: tuple[str, ...]) -> None:
         later = producer in names and names.index(producer) < names.index(stage) and _same_path(path, made[producer])
         if not later and not (path.is_file() or (path / "manifest.json").is_file()
                               or (path.is_dir() and producer in ("cams", "pseudo") and any(path.iterdir()))):
-            raise ConfigError(f"{key}={path}: no completed {producer} stage there and this run does not make it "
+            raise DataError(f"{key}={path}: no completed {producer} stage there and this run does not make it "
                               f"({hint})")
 
     c = cfg.cam
