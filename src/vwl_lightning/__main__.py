@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from vwl_lightning.errors import VWLError
 from vwl_lightning.utils.config import config_dir, register_resolvers
+from vwl_lightning.utils.noise import filter_third_party_noise
 
 log = logging.getLogger("vwl_lightning")
 register_resolvers()  # ${vwl_run_tag:...} in hydra.run.dir
@@ -59,6 +60,7 @@ def _hydra_main(cfg: DictConfig) -> object:
 
 def main() -> None:
     """Console entry point ``vwl-lightning``."""
+    filter_third_party_noise()
     _hydra_main()
 
 

@@ -26,7 +26,7 @@ from vwl_lightning.utils.manifest import read_manifest
 TINY = [*TINY_DATA, *QUIET_TRAINER, "data.source.generator.num_val=15", "model.max_epochs=1",
         "model.codebook.size=8", "model.backbone.model_kwargs.channels=[8,16,32,64]", "cam.scales=[1.0]",
         "cam.num_workers=0", "pseudo.num_workers=0", "segmenter.max_epochs=1", "segmenter.num_workers=0",
-        "segmenter.backbone.model_kwargs.channels=[8,16,32,64]"]
+        "segmenter.backbone.model_kwargs={channels:[8,16,32,64]}"]
 
 
 def validate(module: pl.LightningModule, datamodule: pl.LightningDataModule) -> dict[str, float]:

@@ -33,7 +33,7 @@ TINY_PIPELINE = [
     "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
     "cam.scales=[1.0,0.5]", "cam.num_workers=0", "cam.batch_size=8",
     "pseudo.num_workers=0",
-    "segmenter.max_epochs=1", "segmenter.backbone.model_kwargs.channels=[8,16,32,64]",
+    "segmenter.max_epochs=1", "segmenter.backbone.model_kwargs={channels:[8,16,32,64]}",
 ]
 
 
@@ -174,7 +174,7 @@ def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNam
     manifest = read_manifest(run_dir / "segmenter")
     assert manifest["mask_dir"] == str(source / "pseudo" / "masks")
     assert manifest["config"]["segmenter"]["backbone_init"] == str(source / "classifier")
-    assert f"segmenter (val): mIoU {manifest['eval']['eval']['miou']:.4f}" in result.stdout
+    assert f"segmenter (val): mIoU {100 * manifest['eval']['eval']['miou']:.2f} %" in result.stdout
     # a pseudo folder that does not exist is refused, naming the key and the folder
-    with pytest.raises(DataError, match=rf"segmenter\.pseudo_dir {tmp_path}/nothing: pseudo-mask folder not found"):
+    with pytest.raises(DataError, match=rf"segmenter\.pseudo_dir={tmp_path}/nothing: no completed pseudo stage there"):
         stage("stage=segmenter", f"segmenter.pseudo_dir={tmp_path}/nothing", where=tmp_path / "other")

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # a narrow trunk trained from scratch (the default initialises from the run's classifier)
-TINY_NET = ["segmenter.backbone.model_kwargs.channels=[8,16,32,64]", "segmenter.backbone_init=null"]
+TINY_NET = ["segmenter.backbone.model_kwargs={channels:[8,16,32,64]}", "segmenter.backbone_init=null"]
 
 
 def tiny_backbone(output_stride: int = 8) -> Backbone:
@@ -140,7 +140,7 @@ def test_backbone_init_copies_the_classifier_trunk(make_config, tmp_path: Path) 
     module = build_module(cfg, 9, [str(i) for i in range(9)])
     for key, value in module.model.backbone.state_dict().items():
         torch.testing.assert_close(value, classifier.backbone.state_dict()[key])
-    wider = make_config("segmenter.backbone.model_kwargs.channels=[16,32,64,128]",
+    wider = make_config("segmenter.backbone.model_kwargs={channels:[16,32,64,128]}",
                         f"segmenter.backbone_init={checkpoint}")
     with pytest.raises(DataError, match=r"classifier\.ckpt: its classifier trunk does not match segmenter\.backbone"):
         build_module(wider, 9, [str(i) for i in range(9)])

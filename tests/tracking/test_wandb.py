@@ -34,13 +34,16 @@ def test_every_stage_logs_its_own_offline_run(make_config, monkeypatch) -> None:
     run_stages(cfg, ("classifier", "cams", "seeds", "pseudo", "segmenter"))
     run_dir = Path(cfg.run_dir)
     assert [(i["job_type"], i["group"], i["mode"], i["tags"]) for i in inits] == [
-        (stage, "wb_test", "offline", ["ablation"]) for stage in ("classifier", "seeds", "pseudo", "segmenter")]
+        (stage, "wb_test", "offline", ["ablation"]) for stage in ("classifier", "cams", "seeds", "pseudo", "segmenter")]
     assert wandb.run is None  # every stage finished its run
     # classifier: CAM overlays and seed-vs-truth masks of the first validation batch, 2 per epoch
     overlays = media(run_dir / "classifier", "images/val/cam_overlay_*.png")
     assert len(overlays) == 2
     masks = media(run_dir / "classifier", "images/mask/val/seed_masks_*.mask.png")
     assert len(masks) == 2 * 2  # prediction and ground-truth layers
+    # cams: its own run with the grid of captioned CAM overlays that the stage also writes to its folder
+    assert len(media(run_dir / "cams", "images/cams/overlays_*.png")) == 1
+    assert (run_dir / "cams" / "overlays.png").is_file()
     # seeds: per-class IoU table with one row per class and the background-score curve
     table = json.loads(media(run_dir / "seeds", "table/seeds/per_class_iou_*.table.json")[0].read_text())
     assert table["columns"] == ["class", "iou", "precision", "recall"]

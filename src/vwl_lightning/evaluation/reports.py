@@ -78,6 +78,9 @@ def build_metrics_dict(
                  for s, m in zip(sweep["bg_scores"], sweep["miou"], strict=True)]
         out["best_bg_score"] = round(float(sweep["best_bg_score"]), 6)
         out["best_miou"] = _num(sweep["best_miou"])
+        edge = sweep_edge(curve, out["best_bg_score"])
+        if edge is not None:
+            out["best_at_sweep_edge"] = edge
         if configured_score is not None:
             hits = [c for c in curve if abs(c["bg_score"] - configured_score) < 1e-6]
             out["configured_bg_score"] = float(configured_score)
@@ -86,6 +89,19 @@ def build_metrics_dict(
     if extra:
         out.update({k: v for k, v in extra.items() if k not in out})
     return out
+
+
+def sweep_edge(curve: Sequence[Mapping[str, Any]], best: float) -> str | None:
+    """``"low"`` / ``"high"`` when the best background score is the first / last score of a sweep of at least
+    three scores (the optimum may lie outside the range), else None."""
+    scores = [float(c["bg_score"]) for c in curve]
+    if len(scores) < 3:
+        return None
+    if abs(best - min(scores)) < 1e-9:
+        return "low"
+    if abs(best - max(scores)) < 1e-9:
+        return "high"
+    return None
 
 
 def _markdown(metrics: Mapping[str, Any]) -> str:
@@ -99,6 +115,9 @@ def _markdown(metrics: Mapping[str, Any]) -> str:
     if "best_bg_score" in metrics:
         headline.append(f"- best background score {metrics['best_bg_score']:.2f}: mIoU "
                         f"{_pct(metrics['best_miou'])}")
+        if metrics.get("best_at_sweep_edge"):
+            headline.append(f"- **warning**: the best background score is the {metrics['best_at_sweep_edge']} "
+                            f"end of the sweep; the optimum may lie beyond it (widen seeds.sweep)")
         if "configured_bg_score" in metrics:
             headline.append(f"- configured background score {metrics['configured_bg_score']:.2f}: mIoU "
                             f"{_pct(metrics['miou_at_configured'])}")

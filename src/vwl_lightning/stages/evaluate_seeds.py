@@ -8,6 +8,7 @@ the report gives the mIoU at every score, the best one, and the per-class scores
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.errors import DataError
 from vwl_lightning.evaluation.metrics import BackgroundSweep, default_bg_scores, scores_from_confusion
 from vwl_lightning.evaluation.reports import write_segmentation_report
+
+log = logging.getLogger(__name__)
 
 
 def sweep_scores_with(bg_scores: Sequence[float] | None, configured_score: float) -> list[float]:
@@ -81,6 +84,11 @@ def evaluate_seeds(
         "seed_rule": "argmax over [bg_score, CAMs] (float32), ties to background",
         "confusion_at_configured": np.asarray(conf, dtype=np.int64).tolist(),
     }
-    return write_segmentation_report(
+    metrics = write_segmentation_report(
         out_dir, scores, names, sweep=summary, configured_score=configured_score,
         title=f"CAM seeds, {split} ({len(ids)} images), bg score {configured_score:.2f}", extra=extra)
+    if metrics.get("best_at_sweep_edge"):
+        log.warning("seeds: the best background score %.2f is the %s end of the sweep %.2f-%.2f; the optimum may "
+                    "lie outside it (widen seeds.sweep)", metrics["best_bg_score"], metrics["best_at_sweep_edge"],
+                    min(bg_scores), max(bg_scores))
+    return metrics

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vwl_lightning.cam.files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
-from vwl_lightning.errors import ConfigError
+from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.stages.config_checks import validate_config
 from vwl_lightning.stages.identity import (
     check_stage_folder,
@@ -47,6 +48,7 @@ from vwl_lightning.tracking.wandb_runs import (
     log_report,
     stage_run,
     uses_wandb,
+    wandb_image,
 )
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
@@ -77,7 +79,36 @@ def run_cams(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
 
     out_dir = make_cams(cfg, data)
     print(f"CAM files: {out_dir}")
+    if rank_zero_only.rank == 0 and int(cfg.cam.get("overlay_images", 0)) > 0:
+        grid_path = out_dir / CAM_GRID
+        if not grid_path.is_file():
+            write_cam_grid(out_dir, data, str(cfg.cam.split), int(cfg.cam.overlay_images), float(cfg.seeds.bg_score),
+                           grid_path)
+            print(f"CAM overlays: {grid_path}")
+        if uses_wandb(cfg.logger):
+            with stage_run(cfg.logger, "cams", str(cfg.name), out_dir, {"stage": "cams", "split": str(cfg.cam.split)}
+                           ) as wandb_run:
+                wandb_run.log({"cams/overlays": wandb_image(np.asarray(Image.open(grid_path).convert("RGB")),
+                                                            caption="image | CAM per labelled class | seed")})
     return {"cam_dir": str(out_dir)}
+
+
+CAM_GRID = "overlays.png"
+
+
+def write_cam_grid(cam_dir: Path, data: ResolvedData, split: str, count: int, bg_score: float, path: Path) -> Path:
+    """A grid of the first ``count`` images of ``split``: the image, one captioned CAM overlay per labelled
+    class, and the seed at ``bg_score`` (spec §5), written as an RGB PNG."""
+    from vwl_lightning.tracking.pictures import cam_tiles, grid, save_png
+
+    rows = []
+    for image_id in data.layout.split_ids(split)[:count]:
+        record = load_cam_file(cam_path(cam_dir, image_id))
+        image = load_rgb(data.layout.image_path(image_id))
+        seed = cams_to_label(record.high_res, record.keys, bg_score)
+        rows.append(cam_tiles(image, record.high_res.astype(np.float32), record.keys.tolist(),
+                              data.meta.class_names, seed))
+    return save_png(grid(rows), path)
 
 
 def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
@@ -91,14 +122,15 @@ def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     metrics = evaluate_seeds(s.cam_dir, data.layout, s.split, out_dir, class_names=list(data.meta.class_names),
                              bg_scores=sweep_scores(s.sweep), configured_score=float(s.bg_score),
                              dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
-    summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured") if k in metrics}
+    summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured", "best_at_sweep_edge")
+               if k in metrics}
     summary["configured_bg_score"] = float(s.bg_score)
     write_manifest(out_dir, "seeds", cam_dir=str(s.cam_dir), split=s.split, metrics=summary)
     track_stage(cfg, "seeds", out_dir, metrics, data, s.split,
                 seed=lambda i: cams_to_label(load_cam_file(cam_path(s.cam_dir, i)).high_res,
                                              load_cam_file(cam_path(s.cam_dir, i)).keys, float(s.bg_score)))
-    print(f"CAM seeds ({s.split}): mIoU {summary['miou_at_configured']:.4f} at bg {s.bg_score}, best "
-          f"{summary['best_miou']:.4f} at bg {summary['best_bg_score']:.2f} -> {out_dir / 'metrics.md'}")
+    print(f"CAM seeds ({s.split}): mIoU {100 * summary['miou_at_configured']:.2f} % at bg {s.bg_score}, best "
+          f"{100 * summary['best_miou']:.2f} % at bg {summary['best_bg_score']:.2f} -> {out_dir / 'metrics.md'}")
     return summary
 
 
@@ -129,7 +161,7 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
             dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
         metrics = done.get("metrics") or {}
         if "miou" in metrics:
-            print(f"pseudo masks ({p.split}): mIoU {metrics['miou']:.4f} -> {out_dir}")
+            print(f"pseudo masks ({p.split}): mIoU {100 * metrics['miou']:.2f} % -> {out_dir}")
         report = out_dir / "metrics.json"
         track_stage(cfg, "pseudo", out_dir, read_json(report) if report.is_file() else {}, data, p.split,
                     pseudo=lambda i: read_label_png(Path(done["mask_dir"]) / f"{i}.png"))
@@ -152,8 +184,8 @@ def run_segmenter(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
                             prediction=lambda i, v=variant: read_label_png(seg_dir / v / "predictions" / f"{i}.png"))
     finish_active_run()
     crf = summary.get("miou_crf")
-    print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {summary['miou']:.4f}"
-          + (f", with CRF {crf:.4f}" if crf is not None else "") + f" -> {summary['stage_dir']}")
+    print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {100 * summary['miou']:.2f} %"
+          + (f", with CRF {100 * crf:.2f} %" if crf is not None else "") + f" -> {summary['stage_dir']}")
     return summary
 
 
@@ -222,8 +254,56 @@ def check_data_once(cfg: DictConfig, data: ResolvedData, names: tuple[str, ...])
         log.info("data: %d masks of %s checked (values, sizes)", checked, ", ".join(dict.fromkeys(splits)))
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+
+
+def check_settings(cfg: DictConfig, names: tuple[str, ...]) -> None:
+    """Refuse, before any work, settings that cannot work together (one line naming the key):
+
+    * a stage's input folder that neither exists nor is made earlier in this run (``cam.classifier_dir`` /
+      ``cam.checkpoint``, ``seeds.cam_dir``, ``pseudo.cam_dir``, ``segmenter.pseudo_dir``,
+      ``segmenter.backbone_init``);
+    * ``segmenter.backbone_init`` = the classifier this run trains, with a segmenter trunk (``name``,
+      ``model_kwargs``) other than the classifier's (``model.backbone``): the copy would fail after training.
+    """
+    made = {"classifier": Path(str(cfg.run_dir)) / "classifier", "cams": Path(str(cfg.cam.out_dir)),
+            "pseudo": Path(str(cfg.pseudo.out_dir))}
+
+    def needs(stage: str, key: str, value: Any, producer: str, hint: str) -> None:
+        if stage not in names or value is None:
+            return
+        path = Path(str(value)).expanduser()
+        later = producer in names and names.index(producer) < names.index(stage) and _same_path(path, made[producer])
+        if not later and not (path.is_file() or (path / "manifest.json").is_file()
+                              or (path.is_dir() and producer in ("cams", "pseudo") and any(path.iterdir()))):
+            raise DataError(f"{key}={path}: no completed {producer} stage there and this run does not make it "
+                              f"({hint})")
+
+    c = cfg.cam
+    if not c.get("checkpoint"):
+        needs("cams", "cam.classifier_dir", c.classifier_dir, "classifier", "train it first or set cam.checkpoint")
+    needs("seeds", "seeds.cam_dir", cfg.seeds.cam_dir, "cams", "point it at a CAM folder")
+    needs("pseudo", "pseudo.cam_dir", cfg.pseudo.cam_dir, "cams", "point it at a CAM folder")
+    needs("segmenter", "segmenter.pseudo_dir", cfg.segmenter.pseudo_dir, "pseudo",
+          "point it at a pseudo stage folder or a folder of <image id>.png masks")
+    init = cfg.segmenter.get("backbone_init")
+    needs("segmenter", "segmenter.backbone_init", init, "classifier",
+          "point it at a classifier folder or checkpoint, or set segmenter.backbone_init=null")
+    if "segmenter" in names and init and "classifier" in names and _same_path(init, made["classifier"]):
+        seg = OmegaConf.to_container(cfg.segmenter.backbone, resolve=True)
+        own = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+        for key in ("name", "model_kwargs"):
+            a, b = seg.get(key), own.get(key)
+            if (a or None) != (b or None):
+                raise ConfigError(f"segmenter.backbone.{key}={a} differs from model.backbone.{key}={b}, but "
+                                  f"segmenter.backbone_init copies this run's classifier trunk; make them equal "
+                                  f"or set segmenter.backbone_init=null")
+
+
 def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     """Run ``names`` in order; return each stage's summary, with its fingerprint under ``fingerprints``."""
+    check_settings(cfg, names)
     recompute = cfg.get("recompute", False)
     recompute = OmegaConf.to_container(recompute) if OmegaConf.is_list(recompute) else recompute
     forced = forced_stages(recompute, names)
@@ -278,9 +358,29 @@ def is_complete(name: str, cfg: DictConfig) -> bool:
     return read_manifest(stage_dir(name, cfg)) is not None
 
 
-def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """``results.json`` and ``results.md`` with the headline numbers and each stage's time."""
+# results.md rows in pipeline order: (stage, what, results.json key, kind) with kind "pct" (mIoU) or "score"
+RESULT_ROWS = (
+    ("seeds", "CAM seed mIoU at the best background score", "cam_seed_miou_best", "pct"),
+    ("seeds", "best background score of the sweep", "cam_seed_best_bg_score", "score"),
+    ("seeds", "CAM seed mIoU at the configured background score", "cam_seed_miou_configured", "pct"),
+    ("seeds", "configured background score", "cam_seed_configured_bg_score", "score"),
+    ("pseudo", "pseudo-mask mIoU", "pseudo_mask_miou", "pct"),
+    ("segmenter", "val mIoU", "segmenter_val_miou", "pct"),
+    ("segmenter", "val mIoU with CRF", "segmenter_val_miou_crf", "pct"),
+)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{100 * value:.2f} %" if kind == "pct" else f"{value:.2f}"
+
+
+def write_results(run_dir: Path, results: dict[str, Any], order: tuple[str, ...] = PIPELINE) -> dict[str, Any]:
+    """``results.json`` (fractions, for scripts) and ``results.md`` (mIoU in %, stages in pipeline order)
+    with the headline numbers and each stage's time; returns the headline."""
     timings = read_json(run_dir / TIMINGS) if (run_dir / TIMINGS).is_file() else {}
+    ordered = [n for n in order if n in timings] + [n for n in PIPELINE if n in timings and n not in order]
     seeds = results.get("seeds", {})
     pseudo = (results.get("pseudo") or {}).get("metrics") or {}
     segmenter = results.get("segmenter") or {}
@@ -292,16 +392,19 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
         "pseudo_mask_miou": pseudo.get("miou"),
         "segmenter_val_miou": segmenter.get("miou"),
         "segmenter_val_miou_crf": segmenter.get("miou_crf"),
-        "stage_seconds": timings,
+        "stage_seconds": {n: timings[n] for n in ordered},
         "fingerprints": results.get("fingerprints", {}),
     }
     write_json_atomic(run_dir / "results.json", headline)
-    lines = ["# Results", "", "| measure | value |", "|---|---|"]
-    for key, value in headline.items():
-        if key not in ("stage_seconds", "fingerprints"):
-            lines.append(f"| {key} | {value if not isinstance(value, float) else f'{value:.4f}'} |")
-    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines = ["# Results", "", "| stage | measure | value |", "|---|---|---:|"]
+    for stage, what, key, kind in sorted(RESULT_ROWS, key=lambda r: order.index(r[0]) if r[0] in order else 99):
+        if headline[key] is not None:
+            lines.append(f"| {stage} | {what} (`{key}`) | {_cell(headline[key], kind)} |")
+    if seeds.get("best_at_sweep_edge"):
+        lines += ["", f"Warning: the best background score sits at the {seeds['best_at_sweep_edge']} end of the "
+                      "sweep (seeds.sweep); widen the sweep to see whether a better score lies beyond it."]
+    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---:|"]
+    lines += [f"| {k} | {timings[k]:.1f} |" for k in ordered]
     lines += ["", "| stage | fingerprint of the settings it was made with |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in headline["fingerprints"].items()]
     write_text_atomic(run_dir / "results.md", "\n".join(lines) + "\n")
@@ -359,8 +462,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = run_stages(cfg, names)
         if rank_zero_only.rank != 0:
             return {}
-        headline = write_results(Path(str(cfg.run_dir)), results)
-        print((Path(str(cfg.run_dir)) / "results.md").read_text())
+        headline = write_results(Path(str(cfg.run_dir)), results, names)
+        report = Path(str(cfg.run_dir)) / "results.md"
+        print(report.read_text())
+        print(f"results: {report}")
         return headline
     if stage not in STAGES:
         raise ConfigError(f"stage must be pipeline or one of {', '.join(STAGES)}; got {stage!r}")

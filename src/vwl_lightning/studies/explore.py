@@ -1,8 +1,8 @@
 """Reading a finished run directory for exploration (``notebooks/explore_cams.ipynb``).
 
 :class:`RunView` finds each stage's outputs through its manifest and returns numpy arrays and matplotlib
-figures: CAM overlays, ground truth vs seed vs pseudo mask vs segmenter prediction, the background-score
-curve and per-class IoU of every stage that was scored.
+figures: CAM overlays with ground truth, seed and pseudo mask (train), val images with the segmenter's
+prediction, each with a colour legend, the background-score curve and per-class IoU of every scored stage.
 """
 
 from __future__ import annotations
@@ -94,29 +94,78 @@ def colour(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
     return voc_palette()[mask]
 
 
-def figure_examples(view: RunView, ids: list[str], bg_score: float) -> Any:
-    """Rows of image | CAM overlay | ground truth | seed | pseudo mask | segmenter prediction."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+def add_legend(fig: Any, masks: list[np.ndarray | None], class_names: list[str]) -> None:
+    """A colour legend (VOC palette swatch + class name) of every class present in ``masks``, below the grid."""
+    from matplotlib.patches import Patch
 
-    columns = ["image", "CAM", "ground truth", f"seed (bg {bg_score})", "pseudo mask", "prediction"]
-    fig = Figure(figsize=(2.2 * len(columns), 2.2 * len(ids)))
-    for row, image_id in enumerate(ids):
-        image = view.image(image_id)
-        heat = (colormaps["jet"](view.strongest_cam(image_id))[..., :3] * 255).astype(np.float32)
-        panels = [image, (0.5 * image + 0.5 * heat).astype(np.uint8), colour(view.ground_truth(image_id),
-                  image.shape[:2]), colour(view.seed(image_id, bg_score), image.shape[:2]),
-                  colour(view.pseudo(image_id), image.shape[:2]), colour(view.prediction(image_id), image.shape[:2])]
+    present = sorted({int(v) for m in masks if m is not None for v in np.unique(m) if int(v) != 255})
+    palette = voc_palette()
+    handles = [Patch(facecolor=palette[c] / 255.0, edgecolor="black",
+                     label=class_names[c] if c < len(class_names) else str(c)) for c in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+
+
+def _grid(fig: Any, rows: list[list[np.ndarray]], columns: list[str], labels: list[str]) -> None:
+    for row, panels in enumerate(rows):
         for col, panel in enumerate(panels):
-            ax = fig.add_subplot(len(ids), len(columns), row * len(columns) + col + 1)
+            ax = fig.add_subplot(len(rows), len(columns), row * len(columns) + col + 1)
             ax.imshow(panel)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(columns[col], fontsize=9)
             if col == 0:
-                ax.set_ylabel(image_id, fontsize=7)
-    fig.tight_layout()
+                ax.set_ylabel(labels[row], fontsize=7)
+
+
+def figure_examples(view: RunView, ids: list[str], bg_score: float) -> Any:
+    """Train images: image | CAM overlay | ground truth | seed | pseudo mask, with a colour legend."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    columns = ["image", "CAM", "ground truth", f"seed (bg {bg_score})", "pseudo mask"]
+    fig = Figure(figsize=(2.2 * len(columns), 2.2 * len(ids) + 0.6))
+    rows, masks = [], []
+    for image_id in ids:
+        image = view.image(image_id)
+        heat = (colormaps["jet"](view.strongest_cam(image_id))[..., :3] * 255).astype(np.float32)
+        layers = [view.ground_truth(image_id), view.seed(image_id, bg_score), view.pseudo(image_id)]
+        masks += layers
+        rows.append([image, (0.5 * image + 0.5 * heat).astype(np.uint8),
+                     *(colour(m, image.shape[:2]) for m in layers)])
+    _grid(fig, rows, columns, ids)
+    add_legend(fig, masks, view.class_names)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def val_ids(view: RunView, count: int) -> list[str]:
+    """The first ``count`` images the segmenter predicted (its evaluation split, val by default)."""
+    folder = view.run_dir / "segmenter" / "eval" / "predictions"
+    return sorted(p.stem for p in folder.glob("*.png") if not p.name.startswith(".tmp-"))[:count]
+
+
+def figure_predictions(view: RunView, ids: list[str]) -> Any:
+    """Val images: image | ground truth | segmenter prediction (| with CRF), with a colour legend."""
+    from matplotlib.figure import Figure
+
+    crf_dir = view.run_dir / "segmenter" / "eval_crf" / "predictions"
+    with_crf = crf_dir.is_dir()
+    columns = ["image", "ground truth", "prediction"] + (["prediction + CRF"] if with_crf else [])
+    fig = Figure(figsize=(2.2 * len(columns), 2.2 * max(1, len(ids)) + 0.6))
+    rows, masks = [], []
+    for image_id in ids:
+        image = view.image(image_id)
+        layers = [view.ground_truth(image_id), view.prediction(image_id)]
+        if with_crf:
+            layers.append(read_label_png(crf_dir / f"{image_id}.png") if (crf_dir / f"{image_id}.png").is_file()
+                          else None)
+        masks += layers
+        rows.append([image, *(colour(m, image.shape[:2]) for m in layers)])
+    _grid(fig, rows, columns, ids)
+    add_legend(fig, masks, view.class_names)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
     return fig
 
 

@@ -25,5 +25,9 @@ def build_logger(cfg: Any, save_dir: Path, stage: str, group: str) -> Logger | b
 
         kwargs = init_kwargs(cfg, stage, group, save_dir)
         kwargs["save_dir"] = kwargs.pop("dir")
-        return WandbLogger(log_model=False, **kwargs)
+        logger = WandbLogger(log_model=False, **kwargs)
+        # Lightning always passes anonymous=None, which current W&B answers with a deprecation notice per run
+        if getattr(logger, "_wandb_init", {}).get("anonymous", 0) is None:
+            logger._wandb_init.pop("anonymous")
+        return logger
     raise ConfigError(f"logger.kind must be csv, wandb or none, got {kind!r}")

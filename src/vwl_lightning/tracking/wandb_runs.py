@@ -20,6 +20,7 @@ import numpy as np
 
 from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vwl_lightning.errors import ConfigError
+from vwl_lightning.tracking.pictures import cam_overlay  # noqa: F401 - logged overlays are the on-disk ones
 
 MODES = ("offline", "online", "disabled")
 
@@ -96,14 +97,6 @@ def denormalise(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: S
     """CHW normalised float → HWC uint8 for display."""
     hwc = np.transpose(image, (1, 2, 0)) * np.asarray(std) + np.asarray(mean)
     return (np.clip(hwc, 0, 1) * 255).astype(np.uint8)
-
-
-def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a [0, 1] CAM (H, W), drawn with the jet colour map, over an HWC uint8 image."""
-    from matplotlib import colormaps
-
-    heat = (colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
-    return ((1 - alpha) * image.astype(np.float32) + alpha * heat).astype(np.uint8)
 
 
 def wandb_image(image: np.ndarray, caption: str = "") -> Any:
