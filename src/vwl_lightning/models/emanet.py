@@ -249,6 +249,13 @@ def encoding_to_extractor(key: str) -> str | None:
     return f"extractor.{EXTRACTOR_INDEX[head]}.{rest}"
 
 
+def extractor_to_encoding(key: str) -> str:
+    """Inverse of :func:`encoding_to_extractor`."""
+    _, index, rest = key.split(".", 2)
+    names = {v: k for k, v in EXTRACTOR_INDEX.items()}
+    return f"{names[int(index)]}.{rest}"
+
+
 def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
     """Copy an Encoding-layout ResNet file into ``model.extractor`` (spec §11.1, §11.8.2).
 
@@ -278,7 +285,7 @@ def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
     missing = [k for k in trunk_keys if k not in loaded]
     bad = [k for k in missing if not k.endswith("num_batches_tracked")]
     if bad:
-        raise DataError(f"{path}: missing key {bad[0].split('.', 2)[-1]!r} of the Encoding ResNet "
+        raise DataError(f"{path}: missing key {extractor_to_encoding(bad[0])!r} of the Encoding ResNet "
                         f"({len(bad)} trunk tensors missing)")
     with torch.no_grad():
         for key, value in loaded.items():
