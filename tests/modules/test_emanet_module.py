@@ -76,6 +76,7 @@ def test_training_step_updates_the_bases_and_validation_does_not() -> None:
     assert torch.equal(module.model.emau.mu, after_train)
 
 
+@pytest.mark.slow  # two spawned processes importing torch: ~100 s on the shared 2-core machine
 def test_bases_identical_on_two_ddp_ranks(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

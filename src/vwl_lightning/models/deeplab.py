@@ -142,7 +142,8 @@ def build_caffe_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict)
 
     geometry = check_caffe_kwargs(backbone)
     if backbone.get("output_stride", 8) not in (8, 16):
-        raise ConfigError(f"segmenter.backbone.output_stride must be 8 or 16 (DeepLab), got {backbone['output_stride']}")
+        raise ConfigError(f"segmenter.backbone.output_stride must be 8 or 16 (DeepLab), "
+                          f"got {backbone['output_stride']}")
     if backbone.get("fixed_bn", True) is not True:
         raise ConfigError(f"segmenter.backbone.fixed_bn must be true for {CAFFE_BACKBONE}: DeepLab freezes BN "
                           f"(spec §12.4)")

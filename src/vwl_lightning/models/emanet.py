@@ -18,9 +18,9 @@ Dropout2d(0.1) → ``fc2`` = Conv1×1(256→classes, bias); the module upsamples
     μ_k ← μ_k / (ε + ‖μ_k‖₂)                    (ε = 1e-6)
 
 then x̃ = μ zᵀ (last z, last μ), ``out = ReLU(BN(conv2(ReLU(x̃))) + x_in)``; it returns (out, μ⁽ᵀ⁾).
-``conv1`` never receives a gradient (μ and z are constants), so it is ``requires_grad=False`` (spec §11.6.2).
+``conv1`` never receives a gradient (μ and z are constants), so it is ``requires_grad=False`` (spec §11.6 item 2).
 
-**Bases maintenance** (spec §11.3.7): after each *training* forward, ``mu ← m·mu + (1−m)·mean_b μ⁽ᵀ⁾`` with
+**Bases maintenance** (spec §11.3 item 7): after each *training* forward, ``mu ← m·mu + (1−m)·mean_b μ⁽ᵀ⁾`` with
 m = 0.9, the batch mean all-reduced (averaged) over DDP ranks, no re-normalisation (``renorm_mean=True``:
 the mmseg variant, the mean is l2-normalised first); evaluation never updates it (:meth:`EMANet.update_bases`).
 """
@@ -102,7 +102,7 @@ class EMAU(nn.Module):
                                    nn.BatchNorm2d(channels, momentum=bn_momentum))
         for conv in (self.conv1, self.conv2[0]):
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / channels))  # N(0, √(2/(k²·C))), k = 1
-        # conv1's bias keeps PyTorch's default uniform(±1/√C); conv1 never trains (spec §11.3.5)
+        # conv1's bias keeps PyTorch's default uniform(±1/√C); conv1 never trains (spec §11.3 item 5)
         self.conv1.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +172,7 @@ class EMANet(nn.Module):
 
     @torch.no_grad()
     def update_bases(self, mu: torch.Tensor) -> torch.Tensor:
-        """``mu ← m·mu + (1 − m)·mean`` with the batch mean of μ⁽ᵀ⁾ averaged over DDP ranks (spec §11.3.7).
+        """``mu ← m·mu + (1 − m)·mean`` with the batch mean of μ⁽ᵀ⁾ averaged over DDP ranks (spec §11.3 item 7).
 
         Call in training only, after the forward.  Returns the (all-reduced) mean used."""
         mean = mu.detach().float().mean(dim=0, keepdim=True)
@@ -210,7 +210,8 @@ def build_emanet(num_classes: int, backbone: dict[str, Any], head: dict[str, Any
         model_kwargs = dict(kwargs.get("model_kwargs") or {})
         unknown = sorted(set(model_kwargs) - {"layers", "base_width"})
         if unknown:
-            raise ConfigError(f"segmenter.backbone.model_kwargs: deep_resnet takes layers and base_width, got {unknown}")
+            raise ConfigError(f"segmenter.backbone.model_kwargs: deep_resnet takes layers and base_width, "
+                              f"got {unknown}")
         pretrained = kwargs.get("pretrained", "none")
         if pretrained not in ("none", "file"):
             raise ConfigError(f"segmenter.backbone.pretrained must be none or file for kind=deep_resnet (a local "
@@ -320,7 +321,8 @@ def load_emanet_checkpoint(model: EMANet, path: str | Path) -> int:
         if key not in state:
             raise DataError(f"{path}: missing key {key!r} (segmenter.init_checkpoint: an official EMANet file)")
         if tuple(state[key].shape) != tuple(own[key].shape):
-            raise DataError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(own[key].shape)}")
+            raise DataError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, "
+                            f"expected {tuple(own[key].shape)}")
     extra = [k for k in state if k not in own]
     if extra:
         raise DataError(f"{path}: unexpected key {extra[0]!r} (segmenter.init_checkpoint: an official EMANet file)")

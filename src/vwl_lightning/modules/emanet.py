@@ -6,7 +6,7 @@ NLL(log_softmax) is taken per pixel with 255 ignored.  ``loss.normalise``:
 * ``pixels`` (official): Σ_valid NLL / (B·H·W) — ignored pixels count in the denominator;
 * ``valid``: Σ_valid NLL / #valid, as ``F.cross_entropy(ignore_index=255)``.
 
-**Bases** (spec §11.3.7): every training step calls :meth:`EMANet.update_bases` right after the forward
+**Bases** (spec §11.3 item 7): every training step calls :meth:`EMANet.update_bases` right after the forward
 (before backward); validation and prediction never do.
 
 **Optimiser** (spec §11.5): SGD (momentum 0.9) with three groups built by module type over every trainable
@@ -149,7 +149,7 @@ class EMANetModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, mu = self.model.outputs(self._prepare(batch["image"]))
-        self.model.update_bases(mu)  # train only, before backward (spec §11.3.7)
+        self.model.update_bases(mu)  # train only, before backward (spec §11.3 item 7)
         loss = emanet_loss(logits, batch["mask"], self.loss_normalise)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
