@@ -50,7 +50,8 @@ def test_bad_arch_and_backbone_init_are_refused(make_config) -> None:
         build_module(make_config("segmenter.arch=pspnet", "segmenter.backbone_init=null"), 5, ["x"] * 5)
     with pytest.raises(ConfigError, match=r"segmenter\.backbone_init .*kind=timm"):
         build_module(make_config("segmenter=emanet", "segmenter.backbone.pretrained=none",
-                                 "segmenter.backbone.model_kwargs={layers: [1,1,1,1], base_width: 4}",
+                                 "++segmenter.backbone.model_kwargs.layers=[1,1,1,1]",
+                                 "++segmenter.backbone.model_kwargs.base_width=4",
                                  "segmenter.backbone_init=/nowhere"), 5, ["x"] * 5)
 
 
@@ -67,13 +68,21 @@ def _gt_pseudo(cfg, folder: Path) -> None:
 
 
 def test_caffe_init_run_trains_and_reloads(make_config, tmp_path: Path) -> None:
-    from test_caffe_deeplab import SMALL, fabricate_caffe_state
+    import importlib.util
 
     from vwl_lightning.stages.train_segmenter import train_segmenter
 
+    # the fabricated caffe file of tests/models/test_caffe_deeplab.py (its real key layout)
+    spec = importlib.util.spec_from_file_location("caffe_fixtures",
+                                                  Path(__file__).parents[1] / "models" / "test_caffe_deeplab.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    SMALL, fabricate_caffe_state = fixtures.SMALL, fixtures.fabricate_caffe_state
+
     torch.save(fabricate_caffe_state(SMALL["layers"], SMALL["base_width"]), tmp_path / "coco.pth")
     cfg = make_config("segmenter=deeplabv2_caffe", f"segmenter.backbone.weights_path={tmp_path}/coco.pth",
-                      f"segmenter.backbone.model_kwargs={{layers: {SMALL['layers']}, base_width: {SMALL['base_width']}}}",
+                      f"++segmenter.backbone.model_kwargs.layers={SMALL['layers']}".replace(" ", ""),
+                      f"++segmenter.backbone.model_kwargs.base_width={SMALL['base_width']}",
                       "segmenter.msc.enabled=false", "segmenter.max_steps=2", "segmenter.batch_size=4",
                       "segmenter.num_workers=0", "segmenter.checkpoint_every_n_steps=null",
                       "segmenter.train_transform.crop_size=48", "segmenter.val.enabled=false",
