@@ -22,6 +22,7 @@ from torch import nn
 
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.backbone import Backbone
+from vwl_lightning.models.caffe_deeplab import CAFFE_BACKBONE, build_caffe_trunk, check_caffe_kwargs, load_caffe_deeplab
 
 ASPP_RATES = (6, 12, 18, 24)
 MSC_SCALES = (0.5, 0.75)
@@ -115,8 +116,11 @@ class DeepLabV2(nn.Module):
 
 def build_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict) -> DeepLabV2:
     """DeepLabV2 from the ``segmenter`` config (``backbone`` is passed to :class:`Backbone` with
-    ``dilate=True``; ``aspp``: ``rates``, ``init_std``; ``msc``: ``enabled``, ``scales``)."""
+    ``dilate=True``, or names :data:`CAFFE_BACKBONE`, the caffe DeepLab trunk (spec §12); ``aspp``: ``rates``,
+    ``init_std``; ``msc``: ``enabled``, ``scales``)."""
     kwargs = dict(backbone)
+    if kwargs.get("name") == CAFFE_BACKBONE:
+        return build_caffe_deeplab(num_classes, kwargs, aspp, msc)
     if kwargs.pop("dilate", True) is not True:
         raise ConfigError("segmenter.backbone.dilate must be true: DeepLabV2 uses the dilated trunk (spec §7)")
     kwargs.setdefault("detach_after", None)
@@ -129,3 +133,25 @@ def build_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict) -> De
     scales = tuple(msc.get("scales", MSC_SCALES)) if bool(msc.get("enabled", False)) else ()
     return DeepLabV2(trunk, num_classes, rates=tuple(aspp.get("rates", ASPP_RATES)),
                      init_std=float(aspp.get("init_std", 0.01)), msc_scales=scales)
+
+
+def build_caffe_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict) -> DeepLabV2:
+    """DeepLabV2 on the caffe DeepLab ResNet trunk (spec §12.3), its BN frozen (spec §12.4), initialised from
+    ``backbone.weights_path`` when ``backbone.pretrained=file`` (not inside ``weights_from_checkpoint``)."""
+    from vwl_lightning.models import backbone as backbone_module
+
+    geometry = check_caffe_kwargs(backbone)
+    if backbone.get("output_stride", 8) not in (8, 16):
+        raise ConfigError(f"segmenter.backbone.output_stride must be 8 or 16 (DeepLab), "
+                          f"got {backbone['output_stride']}")
+    if backbone.get("fixed_bn", True) is not True:
+        raise ConfigError(f"segmenter.backbone.fixed_bn must be true for {CAFFE_BACKBONE}: DeepLab freezes BN "
+                          f"(spec §12.4)")
+    trunk = build_caffe_trunk(int(backbone.get("output_stride", 8)), fixed_bn=True, **geometry)
+    scales = tuple(msc.get("scales", MSC_SCALES)) if bool(msc.get("enabled", False)) else ()
+    init_std = float(aspp.get("init_std", 0.01))
+    model = DeepLabV2(trunk, num_classes, rates=tuple(aspp.get("rates", ASPP_RATES)), init_std=init_std,  # type: ignore[arg-type]
+                      msc_scales=scales)
+    if backbone.get("pretrained") == "file" and not backbone_module._CHECKPOINT_REBUILDS:
+        load_caffe_deeplab(model, str(backbone["weights_path"]), init_std=init_std)
+    return model

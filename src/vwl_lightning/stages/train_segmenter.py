@@ -1,4 +1,5 @@
-"""Task: train DeepLabV2 on the pseudo masks and evaluate it on val, without and with CRF (spec §7).
+"""Task: train the segmenter (``segmenter.arch``: DeepLabV2, spec §7 / §12, or EMANet, spec §11) on the pseudo
+masks and evaluate it on val, without and with CRF (spec §7).
 
 Outputs, under ``segmenter.out_dir`` (default ``<run_dir>/segmenter/``)::
 
@@ -52,6 +53,8 @@ from vwl_lightning.data.transforms import EvalTransform
 from vwl_lightning.errors import ConfigError, DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 from vwl_lightning.evaluation.reports import write_segmentation_report
+from vwl_lightning.models.caffe_deeplab import CAFFE_BACKBONE, caffe_input_norm
+from vwl_lightning.modules.emanet import EMANetModule
 from vwl_lightning.modules.segmenter import SegmenterModule
 from vwl_lightning.pseudo.dense_crf import CRFParams, crf_from_probs, crf_params_from_config
 from vwl_lightning.tracking.loggers import build_logger
@@ -66,6 +69,7 @@ EVAL_DIR = "eval"
 EVAL_CRF_DIR = "eval_crf"
 PREDICTIONS = "predictions"
 FUSIONS = ("max", "mean")
+ARCHS = ("deeplabv2", "emanet")
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -103,20 +107,48 @@ class EvalSettings:
                    batch_size=int(e.batch_size), crf=bool(e.crf), crf_params=params, crf_workers=workers)
 
 
-def build_module(cfg: DictConfig, num_classes: int, class_names: list[str]) -> SegmenterModule:
+def segmenter_arch(cfg: DictConfig) -> str:
+    """``segmenter.arch``: ``deeplabv2`` (spec §7, §12) or ``emanet`` (spec §11)."""
+    arch = str(cfg.segmenter.get("arch", "deeplabv2"))
+    if arch not in ARCHS:
+        raise ConfigError(f"segmenter.arch must be one of {ARCHS}, got {arch!r}")
+    return arch
+
+
+def build_module(cfg: DictConfig, num_classes: int, class_names: list[str]) -> SegmenterModule | EMANetModule:
+    """The LightningModule of ``segmenter.arch`` from the ``segmenter`` config."""
     s = OmegaConf.to_container(cfg.segmenter, resolve=True)
+    if segmenter_arch(cfg) == "emanet":
+        return EMANetModule(num_classes=num_classes, backbone=s["backbone"], head=s["head"], loss=s["loss"],
+                            optim=s["optim"], eval_pad_8k1=bool(s["eval"].get("pad_8k1", True)),
+                            init_checkpoint=s.get("init_checkpoint"), backbone_init=s.get("backbone_init"),
+                            channels_last=bool(s["channels_last"]), class_names=class_names)
     return SegmenterModule(num_classes=num_classes, backbone=s["backbone"], aspp=s["aspp"], msc=s["msc"],
                            loss=s["loss"], optim=s["optim"], init_checkpoint=s.get("init_checkpoint"),
                            backbone_init=s.get("backbone_init"),
                            channels_last=bool(s["channels_last"]), class_names=class_names)
 
 
+def input_norm(cfg: DictConfig) -> dict[str, tuple[float, ...]]:
+    """Mean/std of the data transforms (in units of the /255 image): the weight file's convention.
+
+    The caffe DeepLab trunk (spec §12.6) expects ``x − mean_RGB`` on 0-255 pixels whatever the data set says
+    (its conv1 is flipped to RGB at load time); every other trunk uses ``segmenter.train_transform.mean/std``.
+    """
+    s = cfg.segmenter
+    if str(s.backbone.get("name", "")) == CAFFE_BACKBONE:
+        return caffe_input_norm()
+    return {"mean": tuple(float(v) for v in s.train_transform.mean),
+            "std": tuple(float(v) for v in s.train_transform.std)}
+
+
 def build_datamodule(cfg: DictConfig, data: ResolvedData, mask_dir: Path) -> SegmenterDataModule:
     s = cfg.segmenter
+    transform = {**OmegaConf.to_container(s.train_transform, resolve=True), **input_norm(cfg)}
     return SegmenterDataModule(
         layout=data.layout, mask_root=mask_dir, num_classes=data.meta.num_classes, train_split=str(s.train_split),
         val_split=str(s.val.split), batch_size=int(s.batch_size), eval_batch_size=int(s.val.batch_size),
-        num_workers=int(s.num_workers), train_transform=OmegaConf.to_container(s.train_transform, resolve=True),
+        num_workers=int(s.num_workers), train_transform=transform,
         eval_size=int(s.val.eval_size), pin_memory=bool(cfg.data.pin_memory),
     )
 
@@ -279,15 +311,20 @@ def _summary(manifest: dict[str, Any]) -> dict[str, Any]:
             "miou_crf": (ev.get(EVAL_CRF_DIR) or {}).get("miou"), "stage_dir": manifest.get("out_dir")}
 
 
-def load_segmenter(path: Path) -> SegmenterModule:
-    """Load our segmenter checkpoint; anything else is reported as a foreign checkpoint."""
+def load_segmenter(path: Path, arch: str | None = None) -> SegmenterModule | EMANetModule:
+    """Load our segmenter checkpoint (``arch`` None: read from its hyper-parameters); anything else is
+    reported as a foreign checkpoint."""
     from vwl_lightning.models.backbone import weights_from_checkpoint
 
     try:
+        if arch is None:
+            hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+            arch = "emanet" if "head" in hparams else "deeplabv2"
+        cls = EMANetModule if arch == "emanet" else SegmenterModule
         # the checkpoint holds every weight: no hub, no ImageNet file, no initialisation files
         with weights_from_checkpoint():
-            return SegmenterModule.load_from_checkpoint(path, map_location="cpu", weights_only=True,
-                                                        init_checkpoint=None, backbone_init=None)
+            return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True,
+                                            init_checkpoint=None, backbone_init=None)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
         raise DataError(f"{path}: not a vwl_lightning segmenter checkpoint ({load_error_text(exc)})") from None
 
@@ -315,7 +352,7 @@ def train_segmenter(cfg: DictConfig, data: ResolvedData | None = None) -> dict[s
     trainer: pl.Trainer | None = None
     if final.is_file():
         log.info("segmenter: %s exists, redoing the evaluation only", final)
-        module = load_segmenter(final)
+        module = load_segmenter(final, segmenter_arch(cfg))
         is_zero = True
         training["resumed_from"] = str(final)
     else:
