@@ -23,7 +23,8 @@ CAMs of each of ours against the official files, and a ``torch.profiler`` table 
 work per precision (top operators by self CPU time).
 
 Usage: ``python bench/bench_official_cams.py [--work /tmp/vwl_bench_official] [--images 4] [--repeats 2]
-[--batch-size 16] [--workers 2]``. Extra ``key=value`` arguments after ``--`` go to both of our runs' config.
+[--batch-size 16] [--workers 2] [--profile-scales 1.0] [--profile-bf16]``. Extra ``key=value`` arguments
+after ``--`` go to both of our runs' config.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ from vwl_lightning.stages.make_cams import make_cams
 from vwl_lightning.stages.train_classifier import build_module
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
-WIDTH, HEIGHT = 500, 375
 
 
 def photos() -> list[np.ndarray]:
@@ -73,9 +73,9 @@ def photos() -> list[np.ndarray]:
     return [im[..., :3] for im in images]
 
 
-def make_voc_images(root: Path, count: int, seed: int) -> list[str]:
-    """``count`` 500×375 JPEGs (random 4:3 windows of the photos, PIL bicubic), a label PNG each with 1–3
-    classes in rectangles, and ``ImageSets/Segmentation/train.txt``, in the VOC layout under ``root``."""
+def make_voc_images(root: Path, count: int, seed: int, width: int = 500, height: int = 375) -> list[str]:
+    """``count`` ``width × height`` JPEGs (VOC's typical size is 500×375): random 4:3 windows of the photos,
+    PIL bicubic; a label PNG each with 1–3 classes in rectangles; ``ImageSets/Segmentation/train.txt``."""
     rng = np.random.default_rng(seed)
     sources = photos()
     for sub in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
@@ -87,13 +87,13 @@ def make_voc_images(root: Path, count: int, seed: int) -> list[str]:
         ch = int(min(h, w * 3 / 4) * rng.uniform(0.7, 1.0))
         cw = int(ch * 4 / 3)
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        window = Image.fromarray(np.ascontiguousarray(src[y:y + ch, x:x + cw])).resize((WIDTH, HEIGHT), Image.BICUBIC)
+        window = Image.fromarray(np.ascontiguousarray(src[y:y + ch, x:x + cw])).resize((width, height), Image.BICUBIC)
         image_id = f"2007_{k:06d}"
         window.save(root / "JPEGImages" / f"{image_id}.jpg", quality=90)
-        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        mask = np.zeros((height, width), np.uint8)
         for c in rng.choice(np.arange(1, 21), size=int(rng.integers(1, 4)), replace=False):
-            y0, x0 = int(rng.integers(0, HEIGHT // 2)), int(rng.integers(0, WIDTH // 2))
-            mask[y0:y0 + HEIGHT // 3, x0:x0 + WIDTH // 3] = c
+            y0, x0 = int(rng.integers(0, height // 2)), int(rng.integers(0, width // 2))
+            mask[y0:y0 + height // 3, x0:x0 + width // 3] = c
         write_label_png(root / "SegmentationClassAug" / f"{image_id}.png", mask)
         ids.append(image_id)
     (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
@@ -180,13 +180,14 @@ def max_difference(dir_a: Path, dir_b: Path, ids: list[str]) -> float:
 
 
 def profile_ours(checkpoint: Path, layout: VOCLayout, ids: list[str], labels: dict[str, list[int]],
-                 bf16: bool, rows: int) -> str:
-    """``torch.profiler`` table of one batch of our network work (PIL inputs, channels-last, inference_mode)."""
+                 bf16: bool, rows: int, scales: tuple[float, ...]) -> str:
+    """``torch.profiler`` table of our network work on the first image at ``scales`` (PIL inputs,
+    channels-last, ``inference_mode``, image + mirror in one pass): the top operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
     model = load_classifier(checkpoint).model.eval().to(memory_format=torch.channels_last)
-    dataset = CamInputs(layout, ids, labels, scales=SCALES, resize="pil_bicubic")
-    batch = collate_cams([dataset[i] for i in range(len(ids))])
+    dataset = CamInputs(layout, ids[:1], labels, scales=scales, resize="pil_bicubic")
+    batch = collate_cams([dataset[0]])
 
     def cam(x: torch.Tensor) -> torch.Tensor:
         return model.cam(x.contiguous(memory_format=torch.channels_last))
@@ -194,7 +195,7 @@ def profile_ours(checkpoint: Path, layout: VOCLayout, ids: list[str], labels: di
     low_size = stride4_shape(*batch["image"].shape[-2:])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            multiscale_cams(cam, batch["image"], SCALES, True, "max", low_size, batch["scaled"])
+            multiscale_cams(cam, batch["image"], scales, True, "max", low_size, batch.get("scaled"))
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -206,8 +207,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"),
+                        help="image size (default VOC's typical 500 375; small sizes for a smoke test)")
     parser.add_argument("--profile-rows", type=int, default=12)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-scales", type=float, nargs="+", default=list(SCALES),
+                        help="scales of the profiled pass (one image)")
+    parser.add_argument("--profile-bf16", action="store_true", help="also profile under bf16 autocast")
     parser.add_argument("extra", nargs="*", help="config overrides for our runs (key=value)")
     args = parser.parse_args()
 
@@ -216,7 +222,8 @@ def main() -> None:
     work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
     root = work / "VOC2012"
-    ids = make_voc_images(root, args.images, args.seed)
+    width, height = args.size
+    ids = make_voc_images(root, args.images, args.seed, width, height)
     checkpoint = save_random_checkpoint(work / "random_resnet101.ckpt", root, args.seed)
     layout = VOCLayout.at(root)
     labels = layout.image_labels(ids, len(VOC_CLASSES))
@@ -243,7 +250,7 @@ def main() -> None:
     n = len(ids)
     names = list(contenders)
     official_wall = best[names[0]][0]
-    print(f"\n{n} images {WIDTH}x{HEIGHT}, scales {list(SCALES)} + flip, best of {args.repeats}; "
+    print(f"\n{n} images {width}x{height}, scales {list(SCALES)} + flip, best of {args.repeats}; "
           f"load average at the end {machine()['load_avg']}\n")
     print("| contender | s/image (wall) | CPU-s/image | official / this |")
     print("|---|---|---|---|")
@@ -255,9 +262,11 @@ def main() -> None:
         print(f"max |normalised CAM difference|, {names[k]} vs official: "
               f"{max_difference(work / f'out_0_{last}', work / f'out_{k}_{last}', ids):.4f}")
     if not args.no_profile:
-        for bf16 in (True, False):
-            print(f"\nprofile of one batch of our network work ({'bf16 autocast' if bf16 else 'fp32'}):")
-            print(profile_ours(checkpoint, layout, ids, labels, bf16, args.profile_rows), flush=True)
+        for bf16 in ((True, False) if args.profile_bf16 else (False,)):
+            print(f"\nprofile of our network work on one image, scales {args.profile_scales} + flip "
+                  f"({'bf16 autocast' if bf16 else 'fp32'}):")
+            print(profile_ours(checkpoint, layout, ids, labels, bf16, args.profile_rows,
+                               tuple(args.profile_scales)), flush=True)
 
 
 if __name__ == "__main__":
