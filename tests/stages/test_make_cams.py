@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from conftest import QUIET_TRAINER, TINY_DATA, compose_config
 from vwl_lightning.cam import writer as cam_writer
@@ -28,7 +29,7 @@ from vwl_lightning.cam.fusion import multiscale_cams
 from vwl_lightning.cam.inputs import CamInputs
 from vwl_lightning.data.label_png import read_label_png, write_label_png
 from vwl_lightning.data.source import ResolvedData, resolve_data
-from vwl_lightning.errors import DataError
+from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.modules.cam_predictor import CamPredictor
 from vwl_lightning.modules.classifier import load_classifier
 from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
@@ -72,7 +73,7 @@ class DiffCam(torch.nn.Module):
 def predict(model: torch.nn.Module, images: torch.Tensor, keys: list[list[int]], scales: list[float],
             fusion: str, channels_last: bool = False) -> list[dict[str, Any]]:
     """Run the stage's own ``CamPredictor.predict_step`` on one batch."""
-    predictor = CamPredictor(model, scales, True, fusion, channels_last)  # type: ignore[arg-type]
+    predictor = CamPredictor(model, scales, True, fusion, channels_last, "tensor_bicubic")  # type: ignore[arg-type]
     batch = {"image": images, "keys": [torch.tensor(k) for k in keys], "id": [str(i) for i in range(len(keys))]}
     with torch.inference_mode():
         return predictor.predict_step(batch, 0)
@@ -237,9 +238,23 @@ def stage(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Stage:
     return Stage(root, cache_dir, overrides, checkpoint, make_cams(cfg, data), data)
 
 
-def reference_cams(stage: Stage, ids: list[str], fusion: str = "max") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def pil_input(path: Path, scale: float) -> torch.Tensor:
+    """The official input at ``scale`` (spec §5.1), written out here: PIL bicubic on the uint8 image to
+    (round(sH), round(sW)) (scale 1 untouched), then ImageNet normalisation → (1, 3, h, w)."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if scale != 1.0:
+            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
+        x = np.asarray(im, dtype=np.float32) / 255.0
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
+def reference_cams(stage: Stage, ids: list[str], fusion: str = "max",
+                   resize: str = "pil_bicubic") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A plain per-image loop, one forward pass per scale and per mirror image, float32: id → the raw
-    (un-normalised) labelled channels ``(high, low)``."""
+    (un-normalised) labelled channels ``(high, low)``. ``resize``: the official PIL inputs (:func:`pil_input`)
+    or the normalised image resized by ``F.interpolate(bicubic)``."""
     model = load_classifier(stage.checkpoint).model.eval()
     layout = stage.data.layout
     dataset = CamInputs(layout, ids, layout.image_labels(ids, stage.data.meta.num_classes))
@@ -250,7 +265,10 @@ def reference_cams(stage: Stage, ids: list[str], fusion: str = "max") -> dict[st
             h, w = image.shape[-2:]
             high = low = 0.0
             for s in SCALES:
-                x = image if s == 1.0 else F.interpolate(image, size=(round(h * s), round(w * s)), mode="bicubic")
+                if resize == "pil_bicubic":
+                    x = pil_input(layout.image_path(item["id"]), s)
+                else:
+                    x = image if s == 1.0 else F.interpolate(image, size=(round(h * s), round(w * s)), mode="bicubic")
                 plain, mirrored = model.cam(x), model.cam(x.flip(-1)).flip(-1)
                 fused = torch.maximum(plain, mirrored) if fusion == "max" else plain + mirrored
                 high = high + F.interpolate(fused, size=(h, w), mode="bilinear")
@@ -299,24 +317,32 @@ def test_stage_writes_one_complete_file_per_image_and_manifest(stage: Stage) -> 
     assert (manifest["dataset"], manifest["split"], manifest["data_root"]) == (
         "synthetic", "train", str(stage.data.layout.root))
     assert manifest["scales"] == SCALES and manifest["flip"] is True and manifest["flip_fusion"] == "max"
+    assert manifest["resize"] == "pil_bicubic"
     assert manifest["dtype"] == "float16" and manifest["status"] == "complete"
     assert manifest["counts"] == {"images": 48, "written_this_run": 48}
     assert manifest["class_names"] == list(stage.data.meta.class_names)
 
 
-def test_float32_option_and_a_finished_folder_is_left_alone(stage: Stage, tmp_path: Path) -> None:
-    out = make_cams(stage.config(tmp_path / "cams32", "cam.dtype=float32", "cam.flip_fusion=sum"), stage.data)
+@pytest.mark.parametrize("resize", ["pil_bicubic", "tensor_bicubic"])
+def test_float32_option_and_a_finished_folder_is_left_alone(resize: str, stage: Stage, tmp_path: Path) -> None:
+    options = ("cam.dtype=float32", "cam.flip_fusion=sum", f"cam.resize={resize}")
+    out = make_cams(stage.config(tmp_path / "cams32", *options), stage.data)
     manifest = json.loads((out / CAM_MANIFEST).read_text())
-    assert (manifest["dtype"], manifest["flip_fusion"], manifest["counts"]["written_this_run"]) == (
-        "float32", "sum", 48)
-    reference = reference_cams(stage, stage.ids[:8], fusion="sum")
+    assert (manifest["dtype"], manifest["flip_fusion"], manifest["resize"], manifest["counts"]["written_this_run"]
+            ) == ("float32", "sum", resize, 48)
+    reference = reference_cams(stage, stage.ids[:8], fusion="sum", resize=resize)
+    other = reference_cams(stage, stage.ids[:8], fusion="sum",
+                           resize="tensor_bicubic" if resize == "pil_bicubic" else "pil_bicubic")
+    gaps = []
     for image_id, (high_ref, low_ref) in reference.items():
         record = load_cam_file(cam_path(out, image_id))
         assert record.high_res.dtype == np.float32 and record.cam.dtype == np.float32
         np.testing.assert_allclose(record.high_res, normalised(high_ref), rtol=0, atol=1e-5)
         np.testing.assert_allclose(record.cam, normalised(low_ref), rtol=0, atol=1e-5)
+        gaps.append(np.abs(record.high_res - normalised(other[image_id][0])).max())
+    assert max(gaps) > 1e-3  # the two rescaling rules give measurably different CAMs: the switch matters
     before = mtimes(out)
-    make_cams(stage.config(out, "cam.dtype=float32", "cam.flip_fusion=sum"), stage.data)
+    make_cams(stage.config(out, *options), stage.data)
     assert mtimes(out) == before
     assert json.loads((out / CAM_MANIFEST).read_text())["counts"]["written_this_run"] == 0
 
@@ -464,6 +490,12 @@ def test_missing_checkpoint_is_named(stage: Stage, tmp_path: Path) -> None:
         make_cams(stage.config(tmp_path / "cams", "cam.checkpoint=null", f"cam.classifier_dir={empty}"), stage.data)
 
 
+def test_bad_resize_is_named_before_any_work(stage: Stage, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cam.resize must be 'pil_bicubic' .* got 'lanczos'"):
+        make_cams(stage.config(tmp_path / "cams", "cam.resize=lanczos"), stage.data)
+    assert not (tmp_path / "cams").exists()
+
+
 @pytest.mark.parametrize("kind", ["state_dict", "text"])
 def test_foreign_checkpoint_is_named(kind: str, stage: Stage, tmp_path: Path) -> None:
     path = tmp_path / "foreign.ckpt"
@@ -477,7 +509,8 @@ def test_foreign_checkpoint_is_named(kind: str, stage: Stage, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("key", "value"), [("checkpoint_sha256", "0" * 64), ("dataset", "voc"),
-                                            ("data_root", "/elsewhere/VOC2012"), ("scales", [1.0])])
+                                            ("data_root", "/elsewhere/VOC2012"), ("scales", [1.0]),
+                                            ("resize", "tensor_bicubic")])
 def test_cam_folder_of_another_checkpoint_or_data_set_is_refused(key: str, value: Any, stage: Stage,
                                                                   tmp_path: Path) -> None:
     out = tmp_path / "cams"

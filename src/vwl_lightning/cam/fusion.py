@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 NORM_EPS = 1e-5
@@ -40,6 +42,12 @@ def fuse_flip(cams: torch.Tensor, flipped_cams: torch.Tensor, fusion: str) -> to
     raise ValueError(f"flip fusion must be 'max' or 'sum', got {fusion!r}")
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size of an ``height × width`` image rescaled by ``scale``: (round(H·s), round(W·s)), at least 1
+    (Python's round, half to even, as NumPy's in the official code; spec §5.1)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def multiscale_cams(
     cam_fn,
     images: torch.Tensor,
@@ -47,13 +55,17 @@ def multiscale_cams(
     flip: bool,
     flip_fusion: str,
     low_size: tuple[int, int],
+    scaled_images: Mapping[float, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale + flip CAMs of a batch of same-size images (spec §5).
 
-    For each scale s the batch is resized by s (bicubic), run together with its mirror images in one
-    forward pass, the two CAMs are fused (:func:`fuse_flip`), and the result is upsampled (bilinear) to the
-    image size and to the stride-4 size ``low_size``; the scales are **summed**. Returns the un-normalised
-    ``(high (B, C, H, W), low (B, C, h4, w4))``.
+    For each scale s the batch is rescaled by s, run together with its mirror images in one forward pass,
+    the two CAMs are fused (:func:`fuse_flip`), and the result is upsampled (bilinear) to the image size and
+    to the stride-4 size ``low_size``; the scales are **summed**. The rescaled batch is
+    ``scaled_images[s]`` when given (``cam.resize=pil_bicubic``: the uint8 image resized by PIL bicubic in
+    the loader, then normalised, spec §5.1), else the normalised batch resized here by
+    ``F.interpolate(bicubic)`` (``cam.resize=tensor_bicubic``: a = -0.75, no antialiasing, no rounding).
+    Returns the un-normalised ``(high (B, C, H, W), low (B, C, h4, w4))``.
     """
     height, width = images.shape[-2:]
     batch = images.shape[0]
@@ -61,9 +73,14 @@ def multiscale_cams(
     for scale in scales:
         if scale == 1.0:
             scaled = images
+        elif scaled_images is not None:
+            scaled = scaled_images[scale]
+            if scaled.shape[-2:] != scaled_size(height, width, scale):
+                raise ValueError(f"scaled_images[{scale}] is {tuple(scaled.shape[-2:])}, expected "
+                                 f"{scaled_size(height, width, scale)}")
         else:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = torch.nn.functional.interpolate(images, size=size, mode="bicubic", align_corners=False)
+            scaled = torch.nn.functional.interpolate(images, size=scaled_size(height, width, scale),
+                                                     mode="bicubic", align_corners=False)
         if flip:
             scaled = torch.cat([scaled, scaled.flip(-1)], dim=0)
         cams = cam_fn(scaled).float()

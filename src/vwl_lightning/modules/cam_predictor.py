@@ -10,16 +10,22 @@ import torch
 
 from vwl_lightning.cam.files import stride4_shape
 from vwl_lightning.cam.fusion import keep_labelled, multiscale_cams
+from vwl_lightning.cam.inputs import check_resize
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.classifier import VWLClassifier
 
 
 class CamPredictor(pl.LightningModule):
-    """Runs :func:`~vwl_lightning.cam.fusion.multiscale_cams` and keeps each image's labelled classes."""
+    """Runs :func:`~vwl_lightning.cam.fusion.multiscale_cams` and keeps each image's labelled classes.
+
+    ``resize="pil_bicubic"`` (spec §5.1) takes each scale's input from ``batch["scaled"]`` (made by
+    :class:`~vwl_lightning.cam.inputs.CamInputs`); ``"tensor_bicubic"`` resizes the normalised batch here.
+    """
 
     def __init__(self, classifier: VWLClassifier, scales: Sequence[float], flip: bool, flip_fusion: str,
-                 channels_last: bool) -> None:
+                 channels_last: bool, resize: str = "pil_bicubic") -> None:
         super().__init__()
+        self.resize = check_resize(resize)
         if flip_fusion not in ("max", "sum"):
             raise ConfigError(f"cam.flip_fusion must be 'max' (VWL) or 'sum' (IRN), got {flip_fusion!r}")
         if not scales or any(s <= 0 for s in scales):
@@ -38,7 +44,12 @@ class CamPredictor(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         images = batch["image"]
         low_size = stride4_shape(*images.shape[-2:])
-        high, low = multiscale_cams(self._cam, images, self.scales, self.flip, self.flip_fusion, low_size)
+        scaled = None
+        if self.resize == "pil_bicubic" and any(s != 1.0 for s in self.scales):
+            if "scaled" not in batch:
+                raise ValueError("cam.resize=pil_bicubic needs batch['scaled'] (CamInputs with resize=pil_bicubic)")
+            scaled = batch["scaled"]
+        high, low = multiscale_cams(self._cam, images, self.scales, self.flip, self.flip_fusion, low_size, scaled)
         results = []
         for i, image_id in enumerate(batch["id"]):
             keys = batch["keys"][i].to(high.device)

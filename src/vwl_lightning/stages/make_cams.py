@@ -9,7 +9,10 @@ Lightning's predict loop runs a :class:`CamPredictor`; a :class:`CamFileWriter` 
 * Resume: images whose file is complete are skipped; missing or unreadable ones are redone.
 * DDP: each rank takes a disjoint, strided share of the images still to do, so every image is written
   exactly once (Lightning's own distributed sampler is turned off).
-* ``manifest.json`` names the checkpoint (and its SHA-256), data set, split, scales, fusion and dtype;
+* Rescaling (``cam.resize``, spec §5.1): ``pil_bicubic`` (default, the official inference) resizes the uint8
+  image with PIL bicubic in the loader workers and then normalises; ``tensor_bicubic`` resizes the normalised
+  batch with ``F.interpolate(bicubic)`` on the device.
+* ``manifest.json`` names the checkpoint (and its SHA-256), data set, split, scales, fusion, resize and dtype;
   a directory made from another checkpoint or data set is refused.
 """
 
@@ -24,7 +27,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from vwl_lightning.cam.files import CAM_MANIFEST, cam_path, is_complete_cam_file
-from vwl_lightning.cam.inputs import CamDataModule
+from vwl_lightning.cam.inputs import CamDataModule, check_resize
 from vwl_lightning.cam.writer import DTYPES, CamFileWriter
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.errors import ConfigError, DataError
@@ -69,7 +72,7 @@ def check_or_start_manifest(out_dir: Path, identity: dict[str, Any]) -> None:
             if str(previous.get(key)) != str(identity[key]):
                 raise DataError(f"{path}: this CAM directory holds CAMs made with {key}={previous.get(key)}, "
                                 f"not {identity[key]}; use another cam.out_dir or delete the folder")
-        for key in ("scales", "flip", "flip_fusion", "dtype"):
+        for key in ("scales", "flip", "flip_fusion", "resize", "dtype"):
             if previous.get(key) != identity[key]:
                 raise DataError(f"{path}: CAMs here were made with {key}={previous.get(key)}, not "
                                 f"{identity[key]}; use another cam.out_dir")
@@ -84,6 +87,7 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
     out_dir = Path(str(c.out_dir))
     if c.dtype not in DTYPES:
         raise ConfigError(f"cam.dtype must be float16 or float32, got {c.dtype!r}")
+    resize = check_resize(str(c.resize))
     checkpoint = resolve_checkpoint(c)
     data = data or resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
     meta = data.meta
@@ -94,13 +98,13 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
         "dataset": meta.name, "data_root": str(data.layout.root), "split": c.split,
         "class_names": list(meta.class_names), "num_classes": meta.num_classes,
         "scales": [float(s) for s in c.scales], "flip": bool(c.flip), "flip_fusion": str(c.flip_fusion),
-        "dtype": str(c.dtype),
+        "resize": resize, "dtype": str(c.dtype),
     }
     module = load_classifier(checkpoint)
     if module.hparams.num_classes != meta.num_foreground:
         raise DataError(f"{checkpoint}: classifier has {module.hparams.num_classes} classes but data set "
                         f"'{meta.name}' has {meta.num_foreground}")
-    predictor = CamPredictor(module.model, c.scales, c.flip, c.flip_fusion, c.channels_last)
+    predictor = CamPredictor(module.model, c.scales, c.flip, c.flip_fusion, c.channels_last, resize)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     precision = resolve_precision(str(c.precision), str(trainer_args.get("accelerator", "auto")))
     log.info("cams: precision %s (cam.precision=%s)", precision, c.precision)
@@ -119,7 +123,8 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
     log.info("cams: %d of %d images of '%s' to do, writing to %s", len(todo), len(ids), c.split, out_dir)
     if todo:
         datamodule = CamDataModule(data.layout, todo, labels, int(c.batch_size), int(c.num_workers),
-                                   normalise=OmegaConf.to_container(cfg.data.normalise, resolve=True))
+                                   normalise=OmegaConf.to_container(cfg.data.normalise, resolve=True),
+                                   scales=[float(s) for s in c.scales], resize=resize)
         trainer.predict(predictor, datamodule=datamodule, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
