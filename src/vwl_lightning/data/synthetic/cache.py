@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +131,7 @@ def _write_dataset(config: SyntheticConfig, root: Path) -> None:
         "name": "synthetic",
         "class_names": list(class_names(config.num_classes)),
         "num_classes": config.num_labels,
-        "generator": asdict(config),
+        "generator": config.to_dict(),
         "version": GENERATOR_VERSION,
         "fingerprint": config.fingerprint(),
         "splits": {"train": config.num_train, "val": config.num_val},
