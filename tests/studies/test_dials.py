@@ -134,6 +134,9 @@ def test_dials_resume_after_kill_and_table_equals_the_runs(tmp_path: Path, cache
         assert run["object_completeness"] == diagnostics["object_completeness"]
         assert run["background_spill"] == diagnostics["background_spill"]
         assert run_dir.parent.parent.name == cell_name(run["sharing"], run["cooccurrence"])
+        # class-specific body pixels exist only in the part-sharing cell
+        assert math.isnan(run["own_body_activation"]) == (run["sharing"] == 1.0)
+        assert run["own_body_activation"] == diagnostics["own_body_activation"] or run["sharing"] == 1.0
         cell = blob["cells"][cell_name(run["sharing"], run["cooccurrence"])]["methods"]
         for measure in MEASURES:  # one seed: the cell's mean is the run's value
             assert cell[run["variant"]][measure]["mean"] == pytest.approx(run[measure])
