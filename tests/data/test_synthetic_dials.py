@@ -148,22 +148,23 @@ def test_dataset_json_records_the_knob_and_the_class_specific_share(tmp_path: Pa
 # ---------------------------------------------------------------------------------------------- co-occurrence
 
 def test_cooccurrence_sets_scene_frequencies_and_one_over_num_scenes_is_none() -> None:
-    world = build_world(FAST)
-    n = 600
-    for p in (0.8, 1 / FAST.num_scenes, 0.0):
-        config = replace(FAST, cooccurrence=p)
+    tiny = SyntheticConfig(image_size=32)  # scene choice does not depend on the image size; 32 px renders fast
+    world = build_world(tiny)
+    n = 400
+    for p in (0.8, 1 / tiny.num_scenes, 0.0):
+        config = replace(tiny, cooccurrence=p)
         samples = [render_indexed(config, "val", i) for i in range(1, n + 1)]
         rate = np.mean([s.scene_is_typical for s in samples])
         assert abs(rate - p) <= 4 * math.sqrt(max(p * (1 - p), 1e-9) / n) + 1e-9, (p, rate)
         for s in samples:
             assert s.scene_is_typical == (s.scene == world.typical_scene[s.primary_class - 1])
-        if p == 1 / FAST.num_scenes:  # none: every scene equally often, whatever the class
-            counts = np.bincount([s.scene for s in samples], minlength=FAST.num_scenes)
-            expected = n / FAST.num_scenes
+        if p == 1 / tiny.num_scenes:  # none: every scene equally often, whatever the class
+            counts = np.bincount([s.scene for s in samples], minlength=tiny.num_scenes)
+            expected = n / tiny.num_scenes
             chi2 = float(((counts - expected) ** 2 / expected).sum())
             assert chi2 < 27.9  # chi-square, 9 degrees of freedom, p = 0.001
     # co-occurrence does not touch the bodies: no class-specific pixels at the default sharing
-    assert not any(render_indexed(replace(FAST, cooccurrence=0.1), "val", i).own_mask.any() for i in range(1, 20))
+    assert not any(render_indexed(replace(tiny, cooccurrence=0.1), "val", i).own_mask.any() for i in range(1, 20))
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
