@@ -188,7 +188,8 @@ def heat_maps(path: Path, cells: dict[str, dict[str, Any]], sharing: Sequence[fl
             for i in range(len(ys)):
                 for j in range(len(xs)):
                     if np.isfinite(grid[i, j]):
-                        ax.text(j, i, f"{grid[i, j]:+.1f}\n±{se[i, j]:.1f}", ha="center", va="center", fontsize=9)
+                        ax.text(j, i, f"{grid[i, j]:+.1f}\n±{se[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                                color="white" if abs(grid[i, j]) > 0.6 * limit else "black")
             ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
             ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
             ax.set_xlabel("part sharing")
