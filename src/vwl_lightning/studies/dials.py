@@ -81,7 +81,7 @@ def check_grid(sharing: Sequence[float], cooccurrence: Sequence[float], methods:
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)  # NaN: undefined
     return {"mean": float(arr.mean()) if arr.size else None,
             "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
 
