@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-full lint bench samples ablation sensitivity clean
+.PHONY: install run test test-full lint bench samples ablation sensitivity dials clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ sensitivity: install
 	$(PY) -m vwl_lightning -m +experiment=synthetic_vwl_l 'pipeline=[classifier,cams,seeds]' \
 		model.codebook.size=16,64,256 model.pool.gamma=0,2,4 logger=csv cam.precision=32-true \
 		hydra.sweep.dir=runs/sensitivity
+
+# README's dials study: 4 methods x (part sharing 1.0, 0.5) x (co-occurrence 0.8, 0.1) x 2 seeds = 32 runs,
+# ~2 h of compute on 2 idle cores, plus a 3rd seed where a gain is within the spread (resumable)
+dials: install
+	$(PY) -m vwl_lightning.studies.dials --sharing 1.0 0.5 --cooccurrence 0.8 0.1 --seeds 1 2 --extra-seed 3 \
+		--out runs/dials
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

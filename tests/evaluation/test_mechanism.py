@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -13,10 +15,10 @@ from vwl_lightning.evaluation.mechanism import mechanism_checks
 CONFIG = SyntheticConfig(num_train=12, num_val=4, image_size=64)
 
 
-def write_cams(root, cam_dir, make_cam) -> None:
+def write_cams(root, cam_dir, make_cam, config: SyntheticConfig = CONFIG) -> None:
     layout = VOCLayout.at(root)
     for image_id in layout.split_ids("train"):
-        sample = render_indexed(CONFIG, "train", int(image_id.rsplit("_", 1)[1]))
+        sample = render_indexed(config, "train", int(image_id.rsplit("_", 1)[1]))
         keys = np.array(sample.classes)
         cams = np.stack([make_cam(sample, c) for c in keys]).astype(np.float32)
         low = cams[:, ::4, ::4][:, : stride4_shape(64, 64)[0], : stride4_shape(64, 64)[1]]
@@ -45,3 +47,17 @@ def test_badge_only_and_whole_object_cams(tmp_path) -> None:
     if expected_other:
         assert spill["spill_other_scene"] == pytest.approx(np.mean(expected_other))
     assert spill["images_typical"] + spill["images_other"] == 12
+
+
+def test_class_specific_and_shared_body_activation(tmp_path) -> None:
+    config = replace(CONFIG, part_sharing=0.5)
+    root = materialise(config, tmp_path / "cache")
+    write_cams(root, tmp_path / "own", lambda s, c: ((s.mask == c) & s.own_mask).astype(float), config)
+    own_only = mechanism_checks(tmp_path / "own", root, "train")
+    assert own_only["own_body_activation"] == pytest.approx(1.0)
+    assert own_only["shared_body_activation"] == pytest.approx(0.0)
+    assert own_only["badge_activation"] == pytest.approx(0.0) and own_only["body_activation"] > 0.3
+    # without class-specific pixels the split is undefined
+    shared_root = materialise(CONFIG, tmp_path / "cache")
+    write_cams(shared_root, tmp_path / "whole", lambda s, c: (s.mask == c).astype(float))
+    assert np.isnan(mechanism_checks(tmp_path / "whole", shared_root, "train")["own_body_activation"])

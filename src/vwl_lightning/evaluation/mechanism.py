@@ -8,7 +8,9 @@ the normalised CAM ``cam_c`` of each labelled class c:
 
 * **badge / body activation**: the mean of ``cam_c`` over the badge pixels of class-c objects and over
   their other (body) pixels. Partial activation shows as badge ≫ body; a method that widens CAMs to whole
-  objects lowers the ratio badge / body towards 1.
+  objects lowers the ratio badge / body towards 1. With class-specific bodies (``part_sharing < 1``) the body
+  splits into its class-specific pixels and its shared ones: ``own_body_activation`` and
+  ``shared_body_activation`` (NaN at ``part_sharing = 1``, where no pixel is class-specific).
 * **spill on typical vs other scenes**: the background spill (fraction of CAM mass on background pixels,
   as in :mod:`vwl_lightning.evaluation.diagnostics`) of the primary class, split by whether the image sits on that
   class's typical scene. Background co-occurrence shows as higher spill on typical scenes.
@@ -41,7 +43,7 @@ def mechanism_checks(cam_dir: str | Path, root: str | Path, split: str) -> dict[
         raise DataError(f"{Path(root) / 'dataset.json'}: mechanism checks need the embedded synthetic benchmark")
     config = SyntheticConfig(**info["generator"])
     layout = VOCLayout.at(root)
-    badge, body, spill_typical, spill_other = [], [], [], []
+    badge, body, own, shared, spill_typical, spill_other = [], [], [], [], [], []
     for image_id in layout.split_ids(split):
         sample = render_indexed(config, split, int(image_id.rsplit("_", 1)[1]))
         record = load_cam_file(cam_path(cam_dir, image_id))
@@ -52,6 +54,10 @@ def mechanism_checks(cam_dir: str | Path, root: str | Path, split: str) -> dict[
             if on_badge.any() and on_body.any():
                 badge.append(float(cam[on_badge].mean()))
                 body.append(float(cam[on_body].mean()))
+            on_own, on_shared = on_body & sample.own_mask, on_body & ~sample.own_mask
+            if on_own.any() and on_shared.any():
+                own.append(float(cam[on_own].mean()))
+                shared.append(float(cam[on_shared].mean()))
             mass = float(cam[valid].sum())
             if cls == sample.primary_class and mass > 0:
                 spill = float(cam[sample.mask == 0].sum()) / mass
@@ -59,6 +65,7 @@ def mechanism_checks(cam_dir: str | Path, root: str | Path, split: str) -> dict[
     return {
         "badge_activation": _mean(badge), "body_activation": _mean(body),
         "badge_to_body_ratio": _mean(badge) / _mean(body) if body and _mean(body) > 0 else float("nan"),
+        "own_body_activation": _mean(own), "shared_body_activation": _mean(shared),
         "spill_typical_scene": _mean(spill_typical), "spill_other_scene": _mean(spill_other),
         "objects": len(badge), "images_typical": len(spill_typical), "images_other": len(spill_other),
     }

@@ -24,6 +24,10 @@ failure modes the paper attacks.
    image is the typical scene of its primary (largest) object with probability ``cooccurrence`` and
    one of the other scenes otherwise, so background pixels carry class evidence.
 
+Each failure mode has a dial in [0, 1] (see :class:`SyntheticConfig`): ``part_sharing`` (1 = the bodies above,
+fully shared; at s < 1 a fraction 1 - s of each body gets its class's own texture) and ``cooccurrence``
+(0.8; 1 / num_scenes = none). Their defaults give the data set of the first generator, byte for byte.
+
 On top: clutter (badge-less distractor shapes with pool textures, labelled background), 1-3 objects per
 image with occlusion (the mask shows what is visible), colour/brightness jitter, Gaussian pixel noise and
 JPEG compression. Masks mark a ``2 * border_radius`` px ring along every visible object outline with 255,

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +97,17 @@ def _split_stats(samples: list[SyntheticSample], config: SyntheticConfig) -> dic
         "ignore_fraction": round(float(np.mean([(s.mask == IGNORE_INDEX).mean() for s in samples])), 4),
         "part_fraction_of_objects": round(sum(o.visible_part_area for o in objects) / max(visible, 1), 4),
         "typical_scene_rate": round(float(np.mean([s.scene_is_typical for s in samples])), 4),
+        # only with class-specific bodies, so the version-1 dataset.json stays byte-identical
+        **({"own_fraction_of_bodies": round(sum(o.visible_own_area for o in objects) / max(
+            sum(o.visible_area - o.visible_part_area for o in objects), 1), 4)} if config.part_sharing < 1 else {}),
     }
+
+
+def write_sample(sample: SyntheticSample, image_dir: Path, mask_dir: Path, image_id: str, jpeg_quality: int) -> None:
+    """The image as ``<image_id>.jpg`` (4:4:4 JPEG) and the mask as a VOC-palette ``<image_id>.png``."""
+    Image.fromarray(sample.image).save(image_dir / f"{image_id}.jpg", format="JPEG", quality=jpeg_quality,
+                                       subsampling=0)
+    write_label_png(mask_dir / f"{image_id}.png", sample.mask)
 
 
 def _write_dataset(config: SyntheticConfig, root: Path) -> None:
@@ -114,9 +123,7 @@ def _write_dataset(config: SyntheticConfig, root: Path) -> None:
         for index in range(1, count + 1):
             image_id = sample_id(split, index)
             sample = render_indexed(config, split, index)
-            Image.fromarray(sample.image).save(image_dir / f"{image_id}.jpg", format="JPEG",
-                                               quality=config.jpeg_quality, subsampling=0)
-            write_label_png(mask_dir / f"{image_id}.png", sample.mask)
+            write_sample(sample, image_dir, mask_dir, image_id, config.jpeg_quality)
             expected[image_id] = list(sample.classes)
             ids.append(image_id)
             samples.append(sample)
@@ -132,7 +139,7 @@ def _write_dataset(config: SyntheticConfig, root: Path) -> None:
         "name": "synthetic",
         "class_names": list(class_names(config.num_classes)),
         "num_classes": config.num_labels,
-        "generator": asdict(config),
+        "generator": config.to_dict(),
         "version": GENERATOR_VERSION,
         "fingerprint": config.fingerprint(),
         "splits": {"train": config.num_train, "val": config.num_val},

@@ -7,6 +7,7 @@ import json
 import logging
 import numbers
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from vwl_lightning.data.meta import DatasetMeta
 from vwl_lightning.errors import ConfigError
@@ -43,12 +44,29 @@ SYNTHETIC_CLASS_NAMES: tuple[str, ...] = class_names(8)
 # configuration
 # --------------------------------------------------------------------------------------------------------
 
+#: Knobs added after GENERATOR_VERSION 1, with the default that reproduces version 1's pixels; at that value
+#: they are left out of the fingerprint and of ``dataset.json`` (:meth:`SyntheticConfig.to_dict`).
+_LATER_KNOBS: dict[str, float] = {"part_sharing": 1.0}
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Every knob of the generator. Equal configs give byte-identical data sets.
 
     ``num_classes`` counts *foreground* classes; masks and the VOC readers use ``num_classes + 1``
     labels (0 is background), see :attr:`num_labels`.
+
+    The two dials of the CAM failure modes (README, "The two dials"), each in [0, 1]:
+
+    * ``part_sharing`` = s (partial activation). Each object's *body* is its pixels outside the badge.
+      At s = 1 (default) the whole body wears the shared pool textures (torso from the class's allowed
+      subset, limb from the whole pool): only the badge is class evidence. At s < 1 a random straight cut
+      through the body (before occlusion) takes ``max(1, round((1 - s) * |body|))`` of its pixels and paints
+      them with the class's own body texture (one per class, used by no other class and no clutter);
+      the other pixels keep the shared textures. s = 0: the whole object is class-specific.
+    * ``cooccurrence`` = p (background co-occurrence): P(scene = typical scene of the primary object's
+      class); otherwise one of the other ``num_scenes - 1`` scenes, uniformly. p = 1 / num_scenes (0.1 by
+      default) makes the scene independent of the class (no co-occurrence); p > 1 / num_scenes is
+      co-occurrence (0.8 default), p < 1 / num_scenes anti-co-occurrence (the class avoids its scene).
     """
 
     seed: int = 0
@@ -56,7 +74,7 @@ class SyntheticConfig:
     num_val: int = 320
     image_size: int = 112
     num_classes: int = 8
-    cooccurrence: float = 0.8          # P(scene = the primary class's typical scene)
+    cooccurrence: float = 0.8          # P(scene = the primary class's typical scene); 1 / num_scenes: none
     extra_scenes: int = 2              # scenes that are no class's typical scene
     num_body_textures: int = 6         # size of the shared body-texture pool
     body_textures_per_class: int = 2   # torso textures allowed per class (each shared with other classes)
@@ -79,6 +97,9 @@ class SyntheticConfig:
     noise_std: float = 6.0             # Gaussian pixel noise, in 0..255 units
     border_radius: int = 1             # ignore ring of width 2 * border_radius along outlines (0: none)
     jpeg_quality: int = 95
+    # fraction of each object's body (its non-badge pixels) painted with the shared pool textures; the rest,
+    # 1 - part_sharing, gets the class's own body texture (1.0: fully shared bodies, the original benchmark)
+    part_sharing: float = 1.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -134,6 +155,7 @@ class SyntheticConfig:
         need(0.0 <= self.noise_std <= 64.0, "noise_std", "a standard deviation in [0, 64]")
         need(0 <= self.border_radius <= 8, "border_radius", "0..8 px")
         need(1 <= self.jpeg_quality <= 100, "jpeg_quality", "a JPEG quality in 1..100")
+        need(0.0 <= self.part_sharing <= 1.0, "part_sharing", "a fraction in [0, 1] (1: fully shared bodies)")
 
     @property
     def num_labels(self) -> int:
@@ -145,9 +167,22 @@ class SyntheticConfig:
         """Number of background scenes: one typical scene per class plus ``extra_scenes``."""
         return self.num_classes + self.extra_scenes
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, except the knobs added after version 1 while they sit at their default.
+
+        Those defaults reproduce the version-1 pixels exactly, so leaving them out keeps the fingerprint
+        and ``dataset.json`` of every earlier config unchanged (same cache folder, same bytes);
+        ``SyntheticConfig(**config.to_dict()) == config`` holds either way.
+        """
+        blob = asdict(self)
+        for name, default in _LATER_KNOBS.items():
+            if blob[name] == default:
+                del blob[name]
+        return blob
+
     def fingerprint(self) -> str:
-        """Short hash of every field and the generator version; names the cache folder."""
-        blob = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        """Short hash of every field (:meth:`to_dict`) and the generator version; names the cache folder."""
+        blob = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

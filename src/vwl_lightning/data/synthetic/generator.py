@@ -49,6 +49,7 @@ class SyntheticWorld:
     badges: tuple[TextureSpec, ...]
     class_bodies: tuple[tuple[int, ...], ...]  # torso textures allowed per class
     typical_scene: tuple[int, ...]             # typical scene per class
+    own_bodies: tuple[TextureSpec, ...] = ()   # class-specific body texture per class (part_sharing < 1)
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
@@ -125,7 +126,25 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
                                   config.body_textures_per_class)
     typical = rng.permutation(config.num_scenes)[: config.num_classes]
     return SyntheticWorld(tuple(scenes), tuple(bodies), tuple(badges), class_bodies,
-                          tuple(int(s) for s in typical))
+                          tuple(int(s) for s in typical), _own_bodies(config))
+
+
+def _own_bodies(config: SyntheticConfig) -> tuple[TextureSpec, ...]:
+    """One class-specific body texture per class, from a stream of its own (so the rest of the world does
+    not depend on it): body-like colours and periods, hues spread evenly over the classes."""
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(_WORLD_CODE, 1)))
+    hue0 = rng.random()
+    out = []
+    for c in range(config.num_classes):
+        sat = rng.uniform(0.35, 0.6)
+        out.append(TextureSpec(
+            kind=_BODY_KINDS[c % len(_BODY_KINDS)],
+            color_a=_hsv(hue0 + c / config.num_classes, sat, rng.uniform(0.62, 0.88)),
+            color_b=_hsv(hue0 + c / config.num_classes + rng.uniform(-0.04, 0.04), sat, rng.uniform(0.18, 0.42)),
+            period=float(rng.uniform(6.5, 11.0)), angle=float(rng.uniform(0, math.pi)),
+            param=float(rng.uniform(0.25, 0.35)), angle_jitter=0.25,
+        ))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -327,6 +346,8 @@ class ObjectInfo:
     part_area: int                     # badge pixels before occlusion
     visible_area: int
     visible_part_area: int
+    own_area: int = 0                  # class-specific body pixels before occlusion (part_sharing < 1)
+    visible_own_area: int = 0
 
 
 @dataclass(frozen=True)
@@ -336,6 +357,7 @@ class SyntheticSample:
     image: np.ndarray                  # (H, W, 3) uint8 RGB
     mask: np.ndarray                   # (H, W) uint8: 0 background, 1..C classes, 255 outline ring
     part_mask: np.ndarray              # (H, W) bool: visible badge (discriminative part) pixels
+    own_mask: np.ndarray               # (H, W) bool: visible class-specific body pixels (part_sharing < 1)
     instances: np.ndarray              # (H, W) uint8: 0 background, k = k-th object (before borders)
     classes: tuple[int, ...]           # sorted foreground classes present in ``mask``
     objects: tuple[ObjectInfo, ...]    # in drawing order, back to front; objects[0] is the primary
@@ -363,10 +385,15 @@ def render_indexed(config: SyntheticConfig, split: str, index: int) -> Synthetic
 
 
 def render_sample(config: SyntheticConfig, rng: np.random.Generator) -> SyntheticSample:
-    """Render one image: scene, clutter, then 1..n textured objects with badges, noise; plus its mask."""
+    """Render one image: scene, clutter, then 1..n textured objects with badges, noise; plus its mask.
+
+    The class-specific body regions (``part_sharing < 1``) draw from a child stream of ``rng``
+    (``rng.spawn``, which leaves ``rng``'s own draws unchanged), so every other pixel, the mask and the
+    scene are those of ``part_sharing = 1``; at 1 nothing is spawned and the version-1 image results."""
     world = build_world(config)
+    own_rng = rng.spawn(1)[0] if config.part_sharing < 1.0 else None
     for _ in range(32):
-        sample = _render_once(config, world, rng)
+        sample = _render_once(config, world, rng, own_rng)
         if sample.classes:
             return sample
     raise RuntimeError("synthetic generator could not place a visible object in 32 attempts; "
@@ -393,7 +420,8 @@ def _paint_body(canvas: np.ndarray, mask: np.ndarray, world: SyntheticWorld, tor
     _paint(canvas, mask & ~torso_region, world.bodies[limb], rng, config)
 
 
-def _render_once(config: SyntheticConfig, world: SyntheticWorld, rng: np.random.Generator) -> SyntheticSample:
+def _render_once(config: SyntheticConfig, world: SyntheticWorld, rng: np.random.Generator,
+                 own_rng: np.random.Generator | None = None) -> SyntheticSample:
     side = config.image_size
     num_objects = int(rng.integers(config.objects_min, config.objects_max + 1))
     object_classes = rng.integers(1, config.num_classes + 1, size=num_objects)
@@ -417,7 +445,7 @@ def _render_once(config: SyntheticConfig, world: SyntheticWorld, rng: np.random.
             _paint_body(canvas, mask, world, int(rng.integers(pool)), int(rng.integers(pool)), rng, config)
 
     instances = np.zeros((side, side), dtype=np.uint8)
-    placed: list[tuple[int, int, int, np.ndarray, int]] = []  # class, torso, limb, badge, area
+    placed: list[tuple[int, int, int, np.ndarray, int, np.ndarray]] = []  # class, torso, limb, badge, area, own
     for cls, size_frac in zip(object_classes, sizes, strict=True):
         for _attempt in range(12):
             mask, depth = _draw_object_shape(config, rng, float(size_frac))
@@ -434,9 +462,13 @@ def _render_once(config: SyntheticConfig, world: SyntheticWorld, rng: np.random.
         _paint_body(canvas, mask, world, torso, limb, rng, config)
         bounds = (config.part_fraction_min, config.part_fraction_max)
         badge, centre = _badge(mask, depth, rng, rng.uniform(*bounds), bounds)
+        own = np.zeros_like(mask)
+        if own_rng is not None and (mask & ~badge).any():
+            own = _split(mask & ~badge, own_rng, 1.0 - config.part_sharing)
+            _paint(canvas, own, world.own_bodies[int(cls) - 1], own_rng, config)
         _paint(canvas, badge, world.badges[int(cls) - 1], rng, config, origin=centre)
         instances[mask] = len(placed) + 1
-        placed.append((int(cls), torso, limb, badge, area))
+        placed.append((int(cls), torso, limb, badge, area, own))
 
     image = canvas * 255.0
     if config.noise_std > 0:
@@ -448,16 +480,18 @@ def _render_once(config: SyntheticConfig, world: SyntheticWorld, rng: np.random.
     label[outline_ring(instances, config.border_radius)] = IGNORE_INDEX
 
     part_mask = np.zeros((side, side), dtype=bool)
+    own_mask = np.zeros((side, side), dtype=bool)
     objects = []
-    for k, (cls, torso, limb, badge, area) in enumerate(placed):
+    for k, (cls, torso, limb, badge, area, own) in enumerate(placed):
         visible = instances == k + 1
         visible_badge = badge & visible
         part_mask |= visible_badge
+        own_mask |= own & visible
         objects.append(ObjectInfo(cls, torso, limb, area, int(badge.sum()), int(visible.sum()),
-                                  int(visible_badge.sum())))
+                                  int(visible_badge.sum()), int(own.sum()), int((own & visible).sum())))
     present = tuple(int(v) for v in np.unique(label) if 0 < v <= config.num_classes)
     return SyntheticSample(
-        image=image, mask=label, part_mask=part_mask, instances=instances, classes=present,
+        image=image, mask=label, part_mask=part_mask, own_mask=own_mask, instances=instances, classes=present,
         objects=tuple(objects), scene=scene, primary_class=primary, scene_is_typical=scene == typical,
         num_clutter=num_clutter,
     )
