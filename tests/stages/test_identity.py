@@ -66,6 +66,9 @@ def test_fingerprint_covers_the_keys_and_upstream_not_paths(make_config) -> None
     assert stage_identity("seeds", moved)["fingerprint"] == base["fingerprint"]  # where, not what
     other_upstream = {"cams": {"location": "x", "fingerprint": "0123"}}
     assert fingerprint_of("seeds", base["settings"], other_upstream) != base["fingerprint"]
+    cams = stage_identity("cams", make_config())
+    assert cams["settings"]["cam.resize"] == "pil_bicubic"  # the multi-scale rescale changes the CAMs
+    assert stage_identity("cams", make_config("cam.resize=tensor_bicubic"))["fingerprint"] != cams["fingerprint"]
     classifier = stage_settings("classifier", make_config("model.pool.gamma=4"))
     assert classifier["model.pool.gamma"] == 4 and "model.checkpoint_every_n_steps" not in classifier
     assert differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}) == ["b=2 (now 3)", "c=\"<unset>\" (now 0)"]

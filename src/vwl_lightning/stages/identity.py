@@ -50,7 +50,8 @@ DATA_KEYS = ("data.source", "data.normalise", "data.train_split", "data.val_spli
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "classifier": (*DATA_KEYS, "seed", "data.batch_size", "data.train_transform", "data.eval_size", "model",
                    "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val"),
-    "cams": (*DATA_KEYS, "cam.split", "cam.scales", "cam.flip", "cam.flip_fusion", "cam.dtype", "cam.precision"),
+    "cams": (*DATA_KEYS, "cam.split", "cam.scales", "cam.flip", "cam.flip_fusion", "cam.resize", "cam.dtype",
+             "cam.precision"),
     "seeds": (*DATA_KEYS, "seeds.split", "seeds.bg_score", "seeds.sweep"),
     "pseudo": (*DATA_KEYS, "pseudo.split", "pseudo.mode", "pseudo.bg_score", "pseudo.crf_preset", "pseudo.crf",
                "pseudo.fg_thres", "pseudo.bg_thres", "pseudo.gt_prob", "pseudo.evaluate"),
