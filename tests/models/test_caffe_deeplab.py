@@ -303,10 +303,8 @@ def test_stage_uses_the_weight_files_convention(make_config) -> None:
 
 
 def test_msc_returns_four_maps_and_eval_fuses_by_max() -> None:
-    trunk = build_caffe_trunk(8, True, SMALL["layers"], SMALL["base_width"])
     model = build_deeplab(5, {"name": "caffe_resnet101", "pretrained": "none", "model_kwargs": SMALL},
                           {"rates": [1, 2, 3, 4]}, {"enabled": True, "scales": [0.5, 0.75]}).eval()
-    del trunk
     x = torch.randn(1, 3, 65, 65)
     with torch.no_grad():
         outs = model.outputs(x)
