@@ -34,6 +34,7 @@ def test_a_segmenter_trunk_other_than_the_classifiers_is_refused_before_training
      r"segmenter\.backbone_init=.*/run/classifier: no completed classifier stage .*backbone_init=null"),
     ((), ("seeds",), r"seeds\.cam_dir=.*/run/cams: no completed cams stage"),
     ((), ("cams", "seeds"), r"cam\.classifier_dir=.*/run/classifier: no completed classifier stage"),
+    (("cam.checkpoint=/no/such.ckpt",), ("cams",), r"cam\.checkpoint=/no/such\.ckpt: classifier checkpoint not found"),
 ])
 def test_a_stage_without_its_input_is_refused_at_start_up(make_config, tmp_path: Path, overrides: tuple[str, ...],
                                                           names: tuple[str, ...], message: str) -> None:

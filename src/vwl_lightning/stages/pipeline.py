@@ -278,9 +278,11 @@ def check_settings(cfg: DictConfig, names: tuple[str, ...]) -> None:
         if not later and not (path.is_file() or (path / "manifest.json").is_file()
                               or (path.is_dir() and producer in ("cams", "pseudo") and any(path.iterdir()))):
             raise DataError(f"{key}={path}: no completed {producer} stage there and this run does not make it "
-                              f"({hint})")
+                            f"({hint})")
 
     c = cfg.cam
+    if "cams" in names and c.get("checkpoint") and not Path(str(c.checkpoint)).expanduser().is_file():
+        raise DataError(f"cam.checkpoint={c.checkpoint}: classifier checkpoint not found")
     if not c.get("checkpoint"):
         needs("cams", "cam.classifier_dir", c.classifier_dir, "classifier", "train it first or set cam.checkpoint")
     needs("seeds", "seeds.cam_dir", cfg.seeds.cam_dir, "cams", "point it at a CAM folder")
