@@ -10,7 +10,7 @@ sustained throughput a GPU reaches on these networks (``--gpu-tflops``, per prec
 efficiency, and the CPU costs of the CPU-only stages (dense CRF per 500×375 image, seed evaluation).
 Prints the counted FLOPs and one table per data set: each stage on 1 GPU and on 8 GPUs (2 nodes × 4).
 
-Usage: ``python bench/cost_model.py [--gpu-tflops-bf16 200] [--gpu-tflops-fp32 40] [--scaling 0.85]
+Usage: ``python bench/cost_model.py [--gpu-tflops-bf16 50] [--gpu-tflops-fp32 25] [--scaling 0.85]
 [--crf-s 0.40] [--cpu-workers 16]``.
 """
 
@@ -85,9 +85,9 @@ def network_flops() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu-tflops-bf16", type=float, default=200.0,
+    parser.add_argument("--gpu-tflops-bf16", type=float, default=50.0,
                         help="ASSUMED sustained bf16 TFLOP/s of one GPU on these networks")
-    parser.add_argument("--gpu-tflops-fp32", type=float, default=40.0,
+    parser.add_argument("--gpu-tflops-fp32", type=float, default=25.0,
                         help="ASSUMED sustained fp32 (TF32 off) TFLOP/s of one GPU")
     parser.add_argument("--scaling", type=float, default=0.85, help="ASSUMED efficiency of 8 GPUs vs 1")
     parser.add_argument("--crf-s", type=float, default=0.40, help="ASSUMED CPU-s of one dense CRF at 500×375")
