@@ -178,7 +178,8 @@ def cam_section(report: Report, cfg_for: Callable[..., Any], device: torch.devic
     run("32-true", trainer, "warmup")  # warm-up (cuDNN autotuning, first allocation), not timed
     for precision in ("auto", "32-true"):
         _, seconds = run(precision, trainer, "timed")
-        report.time(f"CAM stage {precision}, ResNet-101 {width}x{height}, 4 scales + flip", seconds / n_images,
+        report.time(f"CAM stage {precision}, ResNet-101 {width}x{height}, {2 if smoke else 4} scales + flip",
+                    seconds / n_images,
                     "s/image")
     cpu_dir, _ = run("32-true", "cpu", "reference", count=2)
     worst_fp32 = worst_auto = mean_auto = 0.0
