@@ -34,8 +34,8 @@ def test_smoke_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out.json").read_text())
     keys = " ".join(report["times"])
-    for part in ("classifier step bf16-mixed", "classifier step 32-true", "CAM stage auto", "CAM stage 32-true",
-                 "segmenter step bf16-mixed", "segmenter step 32-true", "segmenter predict"):
+    for part in ("classifier step 32-true", "CAM stage auto", "CAM stage 32-true", "segmenter step 32-true",
+                 "segmenter predict"):  # bf16 training is timed on the GPU only
         assert part in keys
     assert all(value > 0 for value in report["times"].values())
     assert report["checks"] and all(c["ok"] for c in report["checks"].values())
