@@ -5,7 +5,8 @@ from pathlib import Path
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 
-irn = Path("/tmp/irn_runs/s1_irn/pseudo/masks"); crf = Path("/tmp/irn_runs/s1_crf/pseudo/masks")
+irn = Path("/tmp/irn_runs/s1_irn/pseudo/masks")
+crf = Path("/tmp/irn_runs/s1_crf/pseudo/masks")
 man = json.load(open("/tmp/irn_runs/s1_crf/pseudo/manifest.json"))
 root = Path(man["data_root"])
 ids = sorted(p.stem for p in irn.glob("*.png") if not p.name.startswith(".tmp"))
