@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ("bench_classifier.py", "bench_cams.py", "bench_crf.py", "bench_pipeline.py")
+SCRIPTS = ("bench_classifier.py", "bench_cams.py", "bench_crf.py", "bench_pipeline.py", "bench_walk.py")
 
 
 def main() -> int:

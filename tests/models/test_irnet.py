@@ -1,0 +1,76 @@
+"""IRNet's boundary branch: five levels, shapes, frozen trunk, flip-averaged logits (spec §10.4, §10.6 step 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vwl_lightning.errors import ConfigError
+from vwl_lightning.models.backbone import Backbone
+from vwl_lightning.models.irnet import IRNet, boundary_map
+from vwl_lightning.modules.irn import IRNModule, stride4_labels
+
+
+def small_trunk(output_stride: int = 16) -> Backbone:
+    return Backbone("resnet18", output_stride=output_stride, fixed_bn=True, frozen=[], pretrained="none",
+                    model_kwargs={"channels": (8, 16, 32, 64)})
+
+
+def test_levels_and_logit_shape_follow_the_spec_strides() -> None:
+    net = IRNet(small_trunk(16)).eval()
+    # IRN's ResNet strides: S1/S2 at 4, S3 at 8, S4/S5 at 16 (layer4 at stride 1, no dilation)
+    assert net.level_strides == [4, 4, 8, 16, 16]
+    assert [m[0].out_channels for m in net.edge] == [32] * 5 and net.edge_out.in_channels == 160
+    assert net.edge[0][1].num_groups == 4 and net.edge_out.bias is not None and net.edge[0][0].bias is None
+    z = net(torch.randn(2, 3, 64, 48))
+    assert z.shape == (2, 1, 16, 12)
+    assert net.displacement is None
+
+
+def test_frozen_trunk_gets_no_gradient_and_stays_in_eval_mode() -> None:
+    net = IRNet(small_trunk(), frozen=True)
+    net.train()
+    assert not net.trunk.training
+    net(torch.randn(1, 3, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in net.trunk.parameters())
+    assert all(p.grad is not None for p in net.edge_out.parameters())
+    assert {id(p) for p in net.trainable_parameters()} == \
+        {id(p) for p in [*net.edge.parameters(), *net.edge_out.parameters()]}
+    scratch = IRNet(small_trunk(), frozen=False)
+    assert len(scratch.trainable_parameters()) > len(net.trainable_parameters())
+
+
+def test_boundary_map_averages_the_flipped_logits_then_applies_the_sigmoid() -> None:
+    torch.manual_seed(0)
+    net = IRNet(small_trunk()).eval()
+    x = torch.randn(1, 3, 30, 42)  # H, W not multiples of 4: crop to ceil(H/4) x ceil(W/4)
+    with torch.no_grad():
+        b = boundary_map(net, x)
+        z0, z1 = net(x), net(x.flip(-1)).flip(-1)
+        padded = boundary_map(net, x, pad_to=64)
+    assert b.shape == (1, 8, 11) and padded.shape == (1, 8, 11)
+    torch.testing.assert_close(b, torch.sigmoid((z0 + z1) / 2)[:, 0, :8, :11])
+    with pytest.raises(ConfigError, match="irn.infer_pad"):
+        boundary_map(net, torch.zeros(1, 3, 70, 20), pad_to=64)
+
+
+def test_stride4_labels_take_pixel_4y_plus_2() -> None:
+    masks = torch.arange(16 * 12).reshape(1, 16, 12)
+    labels = stride4_labels(masks)
+    assert labels.shape == (1, 4, 3)
+    assert labels[0, 1, 2].item() == masks[0, 6, 10].item()
+
+
+def test_module_loss_is_finite_and_backpropagates_to_the_branch_only() -> None:
+    module = IRNModule(backbone={"name": "resnet18", "output_stride": 16, "frozen": [], "pretrained": "none",
+                                 "model_kwargs": {"channels": [8, 16, 32, 64]}}, backbone_source="scratch", radius=5)
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[:, 20:44, 20:44] = 3
+    masks[:, 44:48] = 255
+    out = module.losses(torch.randn(2, 3, 64, 64), masks)
+    assert set(out) == {"bg_pos", "fg_pos", "pos", "neg", "total"}
+    assert torch.isfinite(out["total"]) and out["neg"] > 0 and out["fg_pos"] > 0
+    out["total"].backward()
+    assert module.model.edge_out.weight.grad is not None
+    with pytest.raises(ConfigError, match="irn.backbone_source"):
+        IRNModule(backbone={}, backbone_source="imagenet1k")
