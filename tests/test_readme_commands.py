@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
@@ -28,7 +29,7 @@ from omegaconf import open_dict
 
 from fixtures_models import tiny_run
 from vwl_lightning.data.synthetic.config import class_names
-from vwl_lightning.stages.pipeline import check_settings
+from vwl_lightning.stages.pipeline import ALONE_INPUT, check_settings, inherit_for_single_stage
 from vwl_lightning.utils.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,13 +107,30 @@ def first_values(overrides: list[str]) -> list[str]:
     return out
 
 
+STAGE_FOLDERS = ("classifier", "cams", "pseudo", "seeds", "segmenter")
+
+
+def readme_runs() -> set[str]:
+    """The run folders README's commands name (``runs/<run>/<stage>``)."""
+    found = re.findall(r"runs/([\w./=-]+?)/(?:" + "|".join(STAGE_FOLDERS) + r")\b", README.read_text())
+    return {"synthetic_vwl_l/default", "x", *found}
+
+
 def fake_runs(root: Path) -> None:
     """README's run folders as completed stages (what a previous `make run` leaves)."""
-    for name in ("synthetic_vwl_l", "x"):
-        for stage in ("classifier", "cams", "pseudo", "seeds", "segmenter"):
+    for name in readme_runs():
+        for stage in STAGE_FOLDERS:
             folder = root / "runs" / name / stage
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "manifest.json").write_text(f'{{"stage": "{stage}", "status": "complete"}}')
+            record = {"stage": stage, "status": "complete"}
+            if stage == "pseudo":  # pseudo -> cams -> classifier, as the stages record them
+                record["cam_dir"] = str(folder.parent / "cams")
+            if stage == "cams":
+                record["checkpoint"] = str(folder.parent / "classifier" / "classifier.ckpt")
+            (folder / "manifest.json").write_text(json.dumps(record))
+    irn = root / "runs" / "x" / "irn" / "train"
+    irn.mkdir(parents=True, exist_ok=True)
+    (irn / "irn.ckpt").write_bytes(b"")
 
 
 @pytest.mark.parametrize("command", [c for c in by_kind("hydra") if "--help" not in c])
@@ -129,6 +147,9 @@ def test_hydra_command_composes_and_passes_the_start_up_checks(command: str, tmp
     if "hydra/launcher=slurm" in overrides:
         assert cfg.hydra.launcher.nodes == 2 and cfg.hydra.launcher.tasks_per_node == 4
     names = (str(cfg.stage),) if str(cfg.stage) != "pipeline" else tuple(cfg.pipeline)
+    if str(cfg.stage) in ALONE_INPUT:  # what `run` does first for a stage run alone
+        with open_dict(cfg):
+            inherit_for_single_stage(cfg, str(cfg.stage), {o.split("=", 1)[0].lstrip("+~") for o in overrides})
     check_settings(cfg, names)
 
 
