@@ -59,7 +59,7 @@ RULES: tuple[Rule, ...] = (
     Rule("cam.dtype", "choice", choices=("float16", "float32")),
     Rule("seeds.bg_score", "float", 0, 1), Rule("seeds.sweep.start", "float", 0, 1),
     Rule("seeds.sweep.stop", "float", 0, 1), Rule("seeds.sweep.step", "float", 0, 1, low_open=True),
-    Rule("pseudo.mode", "choice", choices=("crf", "confident")), Rule("pseudo.bg_score", "float", 0, 1),
+    Rule("pseudo.mode", "choice", choices=("crf", "confident", "irn")), Rule("pseudo.bg_score", "float", 0, 1),
     Rule("pseudo.fg_thres", "float", 0, 1), Rule("pseudo.bg_thres", "float", 0, 1),
     Rule("pseudo.gt_prob", "float", 0, 1), Rule("pseudo.num_workers", "int", 0),
     Rule("segmenter.batch_size", "int", 1), Rule("segmenter.max_epochs", "int", -1),
