@@ -71,8 +71,11 @@ def test_killed_walk_and_training_resume(irn_run: SimpleNamespace, tmp_path: Pat
     with open_dict(cfg):  # the copied folders: CAMs and classifier of the copy
         cfg.run_dir = str(run_dir)
     before = {p.name: read_label_png(p) for p in (run_dir / "pseudo" / "masks").glob("*.png")}
-    # a walk killed after some masks: manifest gone, three masks gone, a stale temporary left behind
-    (run_dir / "pseudo" / "manifest.json").unlink()
+    # a walk killed after some masks: its manifest still says "running" (written when the walk starts),
+    # three masks gone, a stale temporary left behind
+    manifest_file = run_dir / "pseudo" / "manifest.json"
+    manifest_file.write_text(json.dumps({**json.loads(manifest_file.read_text()), "status": "running",
+                                         "cam_dir": str(run_dir / "cams")}))
     gone = sorted(before)[:3]
     for name in gone:
         (run_dir / "pseudo" / "masks" / name).unlink()
@@ -106,7 +109,8 @@ def test_walk_refuses_cams_of_another_split(irn_run: SimpleNamespace, tmp_path: 
     manifest = json.loads((cams / "manifest.json").read_text())
     manifest["split"] = "val"
     (cams / "manifest.json").write_text(json.dumps(manifest))
-    cfg = compose_config([*TINY_IRN, "pipeline=[pseudo]", f"irn.cam_dir={cams}"], tmp_path / "run", irn_run.cache)
+    cfg = compose_config([*TINY_IRN, "pipeline=[pseudo]", f"irn.cam_dir={cams}", f"pseudo.cam_dir={cams}"],
+                         tmp_path / "run", irn_run.cache)
     with pytest.raises(DataError, match=r"CAMs were made for split 'val', not 'train'") as info:
         run(cfg)
     assert "\n" not in str(info.value)
