@@ -123,7 +123,8 @@ def train_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
                          logger=build_logger(cfg.logger, out, stage="irn", group=str(cfg.name)))
     resume = out / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume.is_file() else None)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume.is_file() else None,
+                    weights_only=True)
     seconds = round(time.perf_counter() - started, 2)
     final = out / FINAL_CHECKPOINT
     partial = out / f".tmp-{FINAL_CHECKPOINT}"
