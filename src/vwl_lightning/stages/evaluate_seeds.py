@@ -4,6 +4,10 @@ For every image of the split, its CAM file (``high_res``, ``keys``) and ground-t
 :class:`~vwl_lightning.evaluation.metrics.BackgroundSweep` accumulates a confusion matrix per background score, and
 the report gives the mIoU at every score, the best one, and the per-class scores at the configured score
 (spec §5: 0.13 for v2; the sweep default is 0.05..0.60 step 0.01).
+
+Under DDP each rank scores its share of the images (:mod:`vwl_lightning.utils.distributed`); the matrices are
+summed over ranks by the metric's synchronisation and rank 0 writes the report, so the numbers equal one
+process's.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import VOCLayout
 from vwl_lightning.errors import DataError
 from vwl_lightning.evaluation.metrics import BackgroundSweep, default_bg_scores, scores_from_confusion
-from vwl_lightning.evaluation.reports import write_segmentation_report
+from vwl_lightning.evaluation.reports import build_metrics_dict, write_segmentation_report
+from vwl_lightning.utils.distributed import collective_device, is_main, shard
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +71,8 @@ def evaluate_seeds(
     if missing:
         raise DataError(f"{cam_path(cam_dir, missing[0])}: CAM file not found ({len(missing)} of {len(ids)} "
                         f"images of split '{split}' have none)")
-    sweep = BackgroundSweep(num_classes, sweep_scores_with(bg_scores, configured_score),
-                            sync_on_compute=False)  # one process reads every file: nothing to gather
-    for image_id in tqdm(ids, desc=f"seed eval {split}", unit="img", disable=not progress):
+    sweep = BackgroundSweep(num_classes, sweep_scores_with(bg_scores, configured_score)).to(collective_device())
+    for image_id in tqdm(shard(ids), desc=f"seed eval {split}", unit="img", disable=not progress):
         path = cam_path(cam_dir, image_id)
         record = load_cam_file(path, num_classes)
         gt_path = layout.mask_path(image_id)
@@ -84,9 +88,11 @@ def evaluate_seeds(
         "seed_rule": "argmax over [bg_score, CAMs] (float32), ties to background",
         "confusion_at_configured": np.asarray(conf, dtype=np.int64).tolist(),
     }
-    metrics = write_segmentation_report(
-        out_dir, scores, names, sweep=summary, configured_score=configured_score,
-        title=f"CAM seeds, {split} ({len(ids)} images), bg score {configured_score:.2f}", extra=extra)
+    title = f"CAM seeds, {split} ({len(ids)} images), bg score {configured_score:.2f}"
+    if not is_main():  # the same numbers on every rank; rank 0 writes them
+        return build_metrics_dict(scores, names, summary, configured_score, title, extra)
+    metrics = write_segmentation_report(out_dir, scores, names, sweep=summary, configured_score=configured_score,
+                                        title=title, extra=extra)
     if metrics.get("best_at_sweep_edge"):
         log.warning("seeds: the best background score %.2f is the %s end of the sweep %.2f-%.2f; the optimum may "
                     "lie outside it (widen seeds.sweep)", metrics["best_bg_score"], metrics["best_at_sweep_edge"],

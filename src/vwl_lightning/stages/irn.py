@@ -12,6 +12,11 @@ Three steps, each in its own folder with a manifest written last (so each resume
    (global max, 0.25 background plane) as ``masks/<id>.png`` (atomic); images of one size are walked
    together in batches of ``irn.walk.batch_size``.  Scored like the other pseudo masks.
 
+Under DDP every rank takes part (:mod:`vwl_lightning.utils.distributed`): the confident seeds and the walk
+shard their images over the ranks (each mask written once, the matrices summed once), and the boundary branch
+trains with the run's DDP trainer on ``irn.batch_size`` split over the ranks; in one process it trains on one
+device whatever the trainer says.
+
 Bad input is refused before any work: CAMs of another split / data root (the CAM manifest), a boundary
 checkpoint trained on other CAMs or an output folder made with another checkpoint or settings.
 """
@@ -34,7 +39,7 @@ from tqdm import tqdm
 
 from vwl_lightning.cam.files import cam_path, check_cam_manifest, load_cam_file, resolve_class_names
 from vwl_lightning.data.batching import image_size
-from vwl_lightning.data.datamodule import train_loader
+from vwl_lightning.data.datamodule import per_device_batch, train_loader
 from vwl_lightning.data.label_png import write_label_png
 from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.pseudo_mask_data import ScaleCropTransform
@@ -57,6 +62,15 @@ from vwl_lightning.stages.make_pseudo_masks import (
 from vwl_lightning.tracking.loggers import build_logger
 from vwl_lightning.tracking.wandb_runs import cam_overlay, log_masks, stage_run, uses_wandb, wandb_image
 from vwl_lightning.utils.checkpoints import rolling_checkpoint
+from vwl_lightning.utils.distributed import (
+    barrier,
+    gather_counts,
+    is_main,
+    is_sharded,
+    on_zero,
+    rank_and_world,
+    shard,
+)
 from vwl_lightning.utils.io import write_json_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
@@ -105,20 +119,26 @@ def train_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     seeds = read_manifest(seeds_dir(cfg))
     if seeds is None:
         raise DataError(f"{seeds_dir(cfg)}: no completed IRN seed folder (manifest.json missing); run step 1")
-    out.mkdir(parents=True, exist_ok=True)
-    id_file = out / "run_id.txt"  # kept across a kill so a resumed run keeps its id
-    if not id_file.is_file():
-        id_file.write_text(uuid.uuid4().hex + "\n")
-    run_id = id_file.read_text().strip()
+
+    def read_run_id() -> str:
+        out.mkdir(parents=True, exist_ok=True)
+        id_file = out / "run_id.txt"  # kept across a kill so a resumed run keeps its id
+        if not id_file.is_file():
+            id_file.write_text(uuid.uuid4().hex + "\n")
+        return id_file.read_text().strip()
+
+    run_id = on_zero(read_run_id)
     pl.seed_everything(int(cfg.seed), workers=True)
     module = IRNModule(**_module_kwargs(cfg, run_id))
     transform = ScaleCropTransform(scales=tuple(float(v) for v in i.scales), crop_size=int(i.crop_size), hflip=True)
     dataset = SegmentationDataset(data.layout, str(i.train_split), transform, mask_root=Path(seeds["mask_dir"]))
-    loader = train_loader(dataset, int(i.batch_size), int(i.num_workers), bool(cfg.data.pin_memory))
+    world = rank_and_world()[1]
+    loader = train_loader(dataset, per_device_batch(int(i.batch_size), world, "irn.batch_size"), int(i.num_workers),
+                          bool(cfg.data.pin_memory))
     args: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
-    # the pseudo stage runs on rank 0 only (pipeline.RANK_ZERO_STAGES): one device, one process, whatever
-    # the run's trainer says (a DDP trainer here would wait for ranks that never join)
-    args.update(max_epochs=int(i.max_epochs), limit_val_batches=0, devices=1, num_nodes=1, strategy="auto")
+    args.update(max_epochs=int(i.max_epochs), limit_val_batches=0)
+    if not is_sharded():  # one process: one device whatever the trainer says (no ranks to launch mid-stage)
+        args.update(devices=1, num_nodes=1, strategy="auto")
     trainer = pl.Trainer(**args, default_root_dir=str(out), callbacks=[rolling_checkpoint(out, None)],
                          logger=build_logger(cfg.logger, out, stage="irn", group=str(cfg.name)))
     resume = out / "checkpoints" / "last.ckpt"
@@ -133,7 +153,7 @@ def train_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
         partial.replace(final)
         write_manifest(out, "irn_train", checkpoint=str(final), run_id=run_id, cam_dir=module.hparams.cam_dir,
                        seeds_dir=str(seeds_dir(cfg)), train_split=str(i.train_split),
-                       backbone_source=str(i.backbone_source), images=len(dataset), seconds=seconds,
+                       backbone_source=str(i.backbone_source), images=len(dataset), seconds=seconds, ranks=world,
                        images_per_second=round(len(dataset) * int(i.max_epochs) / max(seconds, 1e-9), 2),
                        resumed_from=str(resume) if resume.is_file() else None,
                        metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -221,29 +241,35 @@ def make_irn_labels(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     settings = {"cam_dir": str(cam_dir.resolve()), "split": split, "mode": "irn",
                 "irn_run_id": str(module.hparams.get("run_id", "")), "walk": walk}
     mask_dir = out_dir / MASKS_DIR
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    _check_previous_run(out_dir, settings)
-    stale = _remove_stale_temporaries(mask_dir)
+
+    def prepare() -> tuple[int, list[str]]:
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        _check_previous_run(out_dir, settings)
+        removed = _remove_stale_temporaries(mask_dir)
+        return removed, [m for m in ids if not is_complete_mask(mask_dir / f"{m}.png")]
+
+    stale, todo = on_zero(prepare)  # one list for every rank, made before any rank writes
     device = _device(str(walk.get("device", "auto")))
     module = module.to(device)
-    todo = [m for m in ids if not is_complete_mask(mask_dir / f"{m}.png")]
     progress = bool(cfg.trainer.enable_progress_bar)
     started = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="IRN random walk", unit="img", disable=not progress)
-    for batch in _batches(data.layout, todo, int(walk["batch_size"])):
+    mine = shard(todo)
+    bar = tqdm(total=len(mine), desc="IRN random walk", unit="img", disable=not progress)
+    for batch in _batches(data.layout, mine, int(walk["batch_size"])):
         labels, _ = walk_batch(module, data.layout, cam_dir, batch, len(names), walk, device)
         for image_id, mask in zip(batch, labels, strict=True):
             write_label_png(mask_dir / f"{image_id}.png", mask)
         bar.update(len(batch))
     bar.close()
+    per_rank = gather_counts(len(mine))  # also waits for the slowest rank, so the time is the stage's
     seconds = time.perf_counter() - started
     manifest: dict[str, Any] = {
         **settings, "checkpoint": str(checkpoint), "data_root": str(data.layout.root), "mask_dir": str(mask_dir),
         "class_names": list(names),
         "counts": {"images": len(ids), "written": len(todo), "skipped": len(ids) - len(todo),
-                   "stale_temporaries_removed": stale},
+                   "written_per_rank": per_rank, "stale_temporaries_removed": stale},
         "walk_seconds": round(seconds, 2), "walk_images_per_second": round(len(todo) / max(seconds, 1e-9), 2),
-        "device": str(device),
+        "device": str(device), "ranks": len(per_rank),
     }
     gt_missing = [m for m in ids if not data.layout.mask_path(m).is_file()]
     if bool(p.evaluate) and not gt_missing:
@@ -254,8 +280,10 @@ def make_irn_labels(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     elif bool(p.evaluate):
         manifest["metrics"] = None
     manifest.update(stage="pseudo", status="complete")
-    log_boundary_maps(cfg, data, module, cam_dir, ids, len(names), walk, device, out_dir)
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    if is_main():
+        log_boundary_maps(cfg, data, module, cam_dir, ids, len(names), walk, device, out_dir)
+        write_json_atomic(out_dir / "manifest.json", manifest)
+    barrier()
     return manifest
 
 
@@ -299,5 +327,7 @@ def run_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     manifest = make_irn_labels(cfg, data)
     manifest["irn"] = {"seed_metrics": seeds.get("metrics"), "train_seconds": trained.get("seconds"),
                        "train_images_per_second": trained.get("images_per_second")}
-    write_json_atomic(Path(str(cfg.pseudo.out_dir)) / "manifest.json", manifest)
+    if is_main():
+        write_json_atomic(Path(str(cfg.pseudo.out_dir)) / "manifest.json", manifest)
+    barrier()
     return manifest

@@ -17,6 +17,10 @@ matrix mIoU as the seeds (255 in the ground truth ignored).  Pixels a confident-
 are *not* predictions: they are left out of the matrix (so ``miou`` is the mIoU on labelled pixels), and
 the report adds ``coverage`` = labelled / valid ground-truth pixels and ``miou_strict``, which counts every
 unlabelled pixel as a miss of its ground-truth class (``IoU_c = TP / (TP + FP + FN + unlabelled_c)``).
+
+Under DDP (:mod:`vwl_lightning.utils.distributed`) rank 0 checks the folder and lists the images still to
+do, every rank writes its strided share of them (each mask once) and scores its share of the split; the
+matrices are summed over ranks and rank 0 writes the report and the manifest (``counts.written_per_rank``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.pseudo.confident_seeds import confident_region_labels
 from vwl_lightning.pseudo.crf_masks import cam_crf_pseudo_mask
 from vwl_lightning.pseudo.dense_crf import CRFParams, crf_params_from_config
+from vwl_lightning.utils.distributed import barrier, collective_device, gather_counts, is_main, on_zero, shard
 from vwl_lightning.utils.io import read_json, write_json_atomic
 
 MASKS_DIR = "masks"
@@ -170,18 +175,23 @@ def evaluate_pseudo_labels(
     progress: bool = True,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score the masks in ``mask_dir`` against the layout's ground truth and write the report (module doc)."""
-    from vwl_lightning.evaluation.metrics import SegmentationConfusion
-    from vwl_lightning.evaluation.reports import write_segmentation_report
+    """Score the masks in ``mask_dir`` against the layout's ground truth and write the report (module doc).
 
-    metric = SegmentationConfusion(len(class_names), pred_ignore_index=IGNORE_INDEX if allow_unlabelled else None,
-                                   sync_on_compute=False)  # one process reads every mask: nothing to gather
-    for image_id in tqdm(ids, desc="score pseudo labels", unit="img", disable=not progress):
+    Under DDP each rank scores its share of ``ids``; the matrix is summed over ranks and rank 0 writes.
+    """
+    from vwl_lightning.evaluation.metrics import SegmentationConfusion
+    from vwl_lightning.evaluation.reports import build_metrics_dict, write_segmentation_report
+
+    metric = SegmentationConfusion(len(class_names), pred_ignore_index=IGNORE_INDEX if allow_unlabelled else None
+                                   ).to(collective_device())
+    for image_id in tqdm(shard(ids), desc="score pseudo labels", unit="img", disable=not progress):
         pred_path = Path(mask_dir) / f"{image_id}.png"
         gt_path = layout.mask_path(image_id)
         metric.update(read_label_png(pred_path), read_label_png(gt_path), name=str(gt_path),
                       pred_name=str(pred_path))
     scores = metric.scores()
+    if not is_main():
+        return build_metrics_dict(scores, class_names, title=title, extra=extra)
     return write_segmentation_report(out_dir, scores, class_names, title=title, extra=extra)
 
 
@@ -235,12 +245,15 @@ def make_pseudo_labels(
     else:
         settings.update(fg_thres=float(fg_thres), bg_thres=float(bg_thres), gt_prob=float(gt_prob))
     mask_dir = out_dir / MASKS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_previous_run(out_dir, settings)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    stale = _remove_stale_temporaries(mask_dir)
 
-    todo = [i for i in ids if not is_complete_mask(mask_dir / f"{i}.png")]
+    def prepare() -> tuple[int, list[str]]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_previous_run(out_dir, settings)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        removed = _remove_stale_temporaries(mask_dir)
+        return removed, [i for i in ids if not is_complete_mask(mask_dir / f"{i}.png")]
+
+    stale, todo = on_zero(prepare)  # one list for every rank, made before any rank writes
     jobs = [
         PseudoLabelJob(
             image_id=i, image_path=str(layout.image_path(i)), cam_file=str(cam_path(cam_dir, i)),
@@ -248,9 +261,10 @@ def make_pseudo_labels(
             fg_thres=float(fg_thres), bg_thres=float(bg_thres), gt_prob=float(gt_prob),
             num_classes=len(names),
         )
-        for i in todo
+        for i in shard(todo)
     ]
-    written = _run_jobs(jobs, num_workers, start_method, progress)
+    per_rank = gather_counts(_run_jobs(jobs, num_workers, start_method, progress))
+    written = sum(per_rank)
 
     manifest: dict[str, Any] = {
         **settings,
@@ -259,7 +273,7 @@ def make_pseudo_labels(
         "class_names": list(names),
         "num_workers": num_workers,
         "counts": {"images": len(ids), "written": written, "skipped": len(ids) - written,
-                   "stale_temporaries_removed": stale},
+                   "written_per_rank": per_rank, "stale_temporaries_removed": stale},
     }
     gt_missing = [i for i in ids if not layout.mask_path(i).is_file()]
     if evaluate and not gt_missing:
@@ -275,5 +289,7 @@ def make_pseudo_labels(
         manifest["evaluation_skipped"] = (f"{len(gt_missing)} of {len(ids)} ground-truth masks missing, "
                                           f"e.g. {layout.mask_path(gt_missing[0])}")
     manifest.update(stage="pseudo", status="complete")
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    if is_main():
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    barrier()  # the next step may read the manifest on any rank
     return manifest

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from vwl_lightning.tracking.wandb_runs import (
     uses_wandb,
     wandb_image,
 )
+from vwl_lightning.utils.distributed import barrier, is_main, is_sharded, on_zero
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
@@ -125,6 +127,8 @@ def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     summary = {k: metrics[k] for k in ("best_bg_score", "best_miou", "miou_at_configured", "best_at_sweep_edge")
                if k in metrics}
     summary["configured_bg_score"] = float(s.bg_score)
+    if not is_main():  # DDP: the same numbers on every rank; rank 0 writes and reports them
+        return summary
     write_manifest(out_dir, "seeds", cam_dir=str(s.cam_dir), split=s.split, metrics=summary)
     track_stage(cfg, "seeds", out_dir, metrics, data, s.split,
                 seed=lambda i: cams_to_label(load_cam_file(cam_path(s.cam_dir, i)).high_res,
@@ -146,8 +150,8 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
 
         done = run_irn(cfg, data)
         metrics = done.get("metrics") or {}
-        if "miou" in metrics:
-            print(f"pseudo masks (irn, {p.split}): mIoU {metrics['miou']:.4f} -> {out_dir}")
+        if "miou" in metrics and is_main():
+            print(f"pseudo masks (irn, {p.split}): mIoU {100 * metrics['miou']:.2f} % -> {out_dir}")
         report = out_dir / "metrics.json"
         track_stage(cfg, "pseudo", out_dir, read_json(report) if report.is_file() else {}, data, p.split,
                     pseudo=lambda i: read_label_png(Path(done["mask_dir"]) / f"{i}.png"))
@@ -160,7 +164,7 @@ def run_pseudo(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
             num_workers=int(p.num_workers), class_names=list(data.meta.class_names), evaluate=bool(p.evaluate),
             dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
         metrics = done.get("metrics") or {}
-        if "miou" in metrics:
+        if "miou" in metrics and is_main():
             print(f"pseudo masks ({p.split}): mIoU {100 * metrics['miou']:.2f} % -> {out_dir}")
         report = out_dir / "metrics.json"
         track_stage(cfg, "pseudo", out_dir, read_json(report) if report.is_file() else {}, data, p.split,
@@ -216,7 +220,7 @@ STAGES: dict[str, Callable[[DictConfig, ResolvedData], dict[str, Any]]] = {
     "segmenter": run_segmenter,
 }
 PIPELINE = ("classifier", "cams", "seeds", "pseudo", "segmenter")
-RANK_ZERO_STAGES = ("seeds", "pseudo")  # no Lightning trainer: under DDP only rank 0 runs them
+SHARDED_STAGES = ("seeds", "pseudo")  # no Lightning trainer: under DDP every rank takes a share of the images
 
 
 def record_time(run_dir: Path, stage: str, seconds: float) -> None:
@@ -317,12 +321,16 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     for name in names:
         identity = stage_identity(name, cfg)
         folder = stage_dir(name, cfg)
-        if name in RANK_ZERO_STAGES and rank_zero_only.rank != 0:
-            # DDP: these stages are plain CPU loops; rank 0 runs them, the other ranks wait for its manifest
-            # under this fingerprint (a stale manifest that rank 0 is about to clear does not count)
+        if name in SHARDED_STAGES and rank_zero_only.rank != 0 and not is_sharded():
+            # a rank launched later (by the segmenter's trainer) finds these stages done by rank 0 before
+            # the launch: wait for the manifest under this fingerprint (a stale one about to be cleared
+            # does not count)
             wait_for_manifest(name, cfg, identity)
-        state = check_stage_folder(name, folder, identity, recompute, force=name in forced,
-                                   write=rank_zero_only.rank == 0)
+        if is_sharded():  # DDP: rank 0 checks and prepares the folder, then every rank goes on with its verdict
+            state = on_zero(partial(check_stage_folder, name, folder, identity, recompute, force=name in forced))
+        else:
+            state = check_stage_folder(name, folder, identity, recompute, force=name in forced,
+                                       write=rank_zero_only.rank == 0)
         finished = state == "match" and is_complete(name, cfg)
         log.info("stage %s: %s (fingerprint %s, run dir %s)", name,
                  "complete with these settings, skipping" if finished else "starting", identity["fingerprint"],
@@ -333,6 +341,7 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
             record_in_manifest(folder, identity)
             if not finished:  # a skipped stage keeps the time of the run that did it
                 record_time(run_dir, name, time.perf_counter() - start)
+        barrier()  # DDP: the next stage reads this one's manifest on every rank
         results["fingerprints"][name] = identity["fingerprint"]
     return results
 

@@ -1,0 +1,97 @@
+"""Sharding the post-CAM stages over DDP ranks (seeds, confident seeds, CRF, IRN walk; spec §10.12).
+
+Under DDP every rank runs these stages (Lightning has already set up the process group for the classifier's
+trainer); each rank takes the strided share ``items[rank::world]`` of the images, writes its own files, and the
+confusion matrices are summed once over ranks by torchmetrics' own synchronisation.  Without a process group
+(one process, or a stage run alone) the share is everything and every collective here is a no-op.
+
+The list being sharded must be the same on every rank: a stage computes it on rank 0 and broadcasts it
+(:func:`broadcast_from_zero`) before any rank writes, so that files written meanwhile cannot change it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from vwl_lightning.errors import VWLError
+
+T = TypeVar("T")
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, or ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_sharded() -> bool:
+    """True when more than one rank takes part."""
+    return rank_and_world()[1] > 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (the rank that writes reports and manifests)."""
+    return rank_and_world()[0] == 0
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's strided share ``items[rank::world]`` (disjoint, together exactly ``items``)."""
+    rank, world = rank_and_world()
+    return list(items[rank::world])
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (no-op without a process group)."""
+    if is_sharded():
+        dist.barrier()
+
+
+def broadcast_from_zero(value: T) -> T:
+    """Rank 0's ``value`` on every rank (picklable objects; no-op without a process group)."""
+    if not is_sharded():
+        return value
+    box: list[Any] = [value]
+    dist.broadcast_object_list(box, src=0, device=collective_device())
+    return box[0]
+
+
+def on_zero(work: Callable[[], T]) -> T:
+    """Run ``work`` on rank 0 only and give its result to every rank.
+
+    A user error (:class:`~vwl_lightning.errors.VWLError`) raised there is raised on every rank with the
+    same one-line message, so that no rank is left waiting for a result that will not come.
+    """
+    if not is_sharded():
+        return work()
+    outcome: tuple[str, Any] = ("ok", None)
+    if is_main():
+        try:
+            outcome = ("ok", work())
+        except VWLError as exc:
+            outcome = ("error", (type(exc), str(exc)))
+    kind, payload = broadcast_from_zero(outcome)
+    if kind == "error":
+        error_type, message = payload
+        raise error_type(message)
+    return payload
+
+
+def gather_counts(count: int) -> list[int]:
+    """``count`` of every rank, in rank order (``[count]`` without a process group)."""
+    if not is_sharded():
+        return [int(count)]
+    counts: list[Any] = [None] * rank_and_world()[1]
+    dist.all_gather_object(counts, int(count))
+    return [int(c) for c in counts]
+
+
+def collective_device() -> torch.device:
+    """Where tensors must live for the backend's collectives: the rank's GPU under NCCL, else the CPU."""
+    if is_sharded() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
