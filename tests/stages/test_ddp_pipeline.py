@@ -96,6 +96,12 @@ def test_pipeline_under_ddp_cpu_matches_single_process_validation(tmp_path: Path
     assert read_manifest(run_dir / "pseudo")["metrics"]["miou"] == one["metrics"]["miou"]
     assert_same_masks(run_dir / "pseudo" / "masks", tmp_path / "pseudo_1p" / "masks", train_ids)
 
+    # a stage run alone under DDP starts its ranks itself and shards too
+    alone = tmp_path / "alone"
+    run_ddp(alone, tmp_path, cache_dir, [*TINY, "stage=pseudo", f"pseudo.cam_dir={run_dir}/cams"])
+    assert_written_once_per_rank(read_manifest(alone / "pseudo"), len(train_ids))
+    assert_same_masks(alone / "pseudo" / "masks", tmp_path / "pseudo_1p" / "masks", train_ids)
+
 
 TINY_IRN = [*TINY, "pseudo.mode=irn", "irn.max_epochs=1", "irn.batch_size=8", "irn.crop_size=64", "irn.radius=5",
             "irn.walk.exp_times=5", "irn.seeds.num_workers=0", "pipeline=[classifier,cams,pseudo]"]

@@ -51,7 +51,7 @@ from vwl_lightning.tracking.wandb_runs import (
     uses_wandb,
     wandb_image,
 )
-from vwl_lightning.utils.distributed import barrier, is_main, is_sharded, on_zero
+from vwl_lightning.utils.distributed import barrier, is_main, is_sharded, on_zero, start_ranks
 from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
@@ -310,6 +310,7 @@ def check_settings(cfg: DictConfig, names: tuple[str, ...]) -> None:
 def run_stages(cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any]:
     """Run ``names`` in order; return each stage's summary, with its fingerprint under ``fingerprints``."""
     check_settings(cfg, names)
+    start_ranks(OmegaConf.to_container(cfg.trainer, resolve=True))  # DDP: every rank runs every stage from here
     recompute = cfg.get("recompute", False)
     recompute = OmegaConf.to_container(recompute) if OmegaConf.is_list(recompute) else recompute
     forced = forced_stages(recompute, names)

@@ -11,7 +11,7 @@ The list being sharded must be the same on every rank: a stage computes it on ra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -20,6 +20,23 @@ import torch.distributed as dist
 from vwl_lightning.errors import VWLError
 
 T = TypeVar("T")
+
+
+def start_ranks(trainer: Mapping[str, Any]) -> None:
+    """Start the run's DDP ranks now, once, if ``trainer`` (the ``trainer:`` config) asks for several processes
+    and none are running yet: Lightning Fabric's launcher re-runs the command for the other local ranks (or,
+    under SLURM / torchrun, joins the processes they started) and sets up the process group, which every
+    later Lightning trainer of the run reuses.  So a stage run alone (``stage=pseudo``) shards as well as
+    one that follows the classifier.  A one-process trainer config does nothing here.
+    """
+    if "ddp" not in str(trainer.get("strategy", "auto")) or (dist.is_available() and dist.is_initialized()):
+        return
+    from lightning_fabric import Fabric
+
+    fabric = Fabric(accelerator=str(trainer.get("accelerator", "auto")), devices=trainer.get("devices", "auto"),
+                    num_nodes=int(trainer.get("num_nodes", 1)), strategy=str(trainer["strategy"]))
+    if fabric.world_size > 1:
+        fabric.launch()
 
 
 def rank_and_world() -> tuple[int, int]:
