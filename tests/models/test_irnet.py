@@ -27,6 +27,25 @@ def test_levels_and_logit_shape_follow_the_spec_strides() -> None:
     assert net.displacement is None
 
 
+def test_efficientnet_levels_are_stages_0_1_2_4_6_and_the_stride_2_level_is_pooled() -> None:
+    trunk = Backbone("tf_efficientnet_lite0", output_stride=16, dilate=True, fixed_bn=True, frozen=[],
+                     pretrained="none")
+    net = IRNet(trunk).eval()
+    assert net.level_strides == [2, 4, 8, 16, 16]
+    assert [m[0].in_channels for m in net.edge] == [16, 24, 40, 112, 320]
+    x = torch.randn(1, 3, 57, 45)  # odd sizes: every level lands on the ceil(H/4) x ceil(W/4) grid of S2
+    assert net(x).shape == (1, 1, 15, 12)
+    with torch.no_grad():
+        levels = net._levels(x)
+        s1 = net.edge[0](levels[0])
+        pooled = torch.nn.functional.avg_pool2d(s1, 2, ceil_mode=True)
+        # the S1 map the branch sees: cell (y, x) is the mean of the 2x2 stride-2 cells it covers
+        assert torch.allclose(pooled[0, :, 3, 4], s1[0, :, 6:8, 8:10].mean(dim=(-2, -1)), atol=1e-6)
+        assert pooled.shape[-2:] == levels[1].shape[-2:] == (15, 12)
+    with pytest.raises(ConfigError, match="neither"):
+        IRNet(Backbone("mobilenetv3_small_050", output_stride=32, fixed_bn=True, frozen=[], pretrained="none"))
+
+
 def test_frozen_trunk_gets_no_gradient_and_stays_in_eval_mode() -> None:
     net = IRNet(small_trunk(), frozen=True)
     net.train()
@@ -74,3 +93,18 @@ def test_module_loss_is_finite_and_backpropagates_to_the_branch_only() -> None:
     assert module.model.edge_out.weight.grad is not None
     with pytest.raises(ConfigError, match="irn.backbone_source"):
         IRNModule(backbone={}, backbone_source="imagenet1k")
+
+
+def test_irn_efficientnet_config_builds_the_packaged_imagenet_trunk_frozen(tmp_path, cache_dir) -> None:
+    from conftest import compose_config
+    from vwl_lightning.models.backbone import load_state_dict_file, resolve_weights_path
+    from vwl_lightning.stages.irn import _module_kwargs
+
+    cfg = compose_config(["pseudo.mode=irn", "irn=efficientnet_lite0"], tmp_path / "run", cache_dir)
+    module = IRNModule(**_module_kwargs(cfg, "run"))
+    net = module.model
+    assert net.frozen and net.level_strides == [2, 4, 8, 16, 16]
+    assert not any(p.requires_grad for p in net.trunk.parameters())
+    shipped = load_state_dict_file(resolve_weights_path(cfg.irn.backbone.weights_path))
+    assert torch.equal(net.trunk.net.conv_stem.weight, shipped["_conv_stem.weight"])  # the ImageNet weights
+    assert module(torch.randn(1, 3, 112, 112)).shape == (1, 1, 28, 28)

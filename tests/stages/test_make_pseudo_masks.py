@@ -92,7 +92,8 @@ def test_crf_mode_writes_masks_manifest_and_scores(tmp_path: Path) -> None:
     assert on_disk["cam_dir"] == str(cam_dir.resolve())
     assert on_disk["mode"] == "crf" and on_disk["bg_score"] == 0.15
     assert on_disk["crf_params"] == dataclasses.asdict(CRF_PRESETS["vwl_cam"])
-    assert on_disk["counts"] == {"images": 5, "written": 5, "skipped": 0, "stale_temporaries_removed": 0}
+    assert on_disk["counts"] == {"images": 5, "written": 5, "skipped": 0, "written_per_rank": [5],
+                                  "stale_temporaries_removed": 0}
     miou, coverage, _ = numpy_scores(layout, masks)
     assert coverage == 1.0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -117,7 +118,8 @@ def test_kill_and_rerun_redoes_only_missing_or_broken_masks(tmp_path: Path) -> N
     (out / "manifest.json").write_text(json.dumps({**running, "status": "running"}))
 
     manifest = make_pseudo_labels(cam_dir, layout, "train", out, class_names=CLASSES, progress=False)
-    assert manifest["counts"] == {"images": 5, "written": 2, "skipped": 3, "stale_temporaries_removed": 1}
+    assert manifest["counts"] == {"images": 5, "written": 2, "skipped": 3, "written_per_rank": [2],
+                                   "stale_temporaries_removed": 1}
     assert not list((out / "masks").glob(".tmp-*"))
     for i in (ids[0], ids[2], ids[4]):
         assert (out / "masks" / f"{i}.png").stat().st_mtime_ns == mtimes[i]  # untouched

@@ -6,7 +6,12 @@ Levels: ``S1`` = stem (conv1, BN, ReLU, max-pool; stride 4), ``S2..S5`` = layer1
 five maps are concatenated (160 channels) and ``Conv1×1(160 → 1)`` with bias gives the boundary logits
 ``Z`` at stride 4; the boundary map is ``B = σ(Z)``.
 
-The trunk is a :class:`~vwl_lightning.models.backbone.Backbone` (ResNet).  ``frozen=True`` is IRN's
+The trunk is a :class:`~vwl_lightning.models.backbone.Backbone`: a ResNet as in IRN, or (this project, for
+the embedded benchmark's ImageNet choice) a timm EfficientNet, whose five levels are the outputs of its
+stages 0, 1, 2, 4 and 6 (strides 2, 4, 8, 16, 16 at output stride 16: the last block of each resolution and
+the last of all, as ResNet's stem and layer1..4 are).  A level finer than ``S2`` (EfficientNet's stride-2
+stage 0) is average-pooled to ``S2``'s grid after its 1×1 conv and GroupNorm, where a coarser one is
+upsampled.  ``frozen=True`` is IRN's
 setting (spec §10.4): every level is detached, the trunk's parameters get no gradient, and it stays in eval
 mode.  The displacement (instance) branch shares only the trunk (spec §10.4) and is not built; it would be
 a second head reading the same ``levels(x)`` (``IRNet.displacement`` is the slot for it).
@@ -21,18 +26,22 @@ from torch import nn
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.backbone import RESNET_STAGES, Backbone
 
+EFFICIENTNET_LEVELS = (0, 1, 2, 4, 6)  # timm EfficientNet stages whose outputs are S1..S5
 BRANCH_CHANNELS = 32
 GN_GROUPS = 4
 
 
 class IRNet(nn.Module):
-    """Boundary branch on a ResNet :class:`Backbone`; ``forward`` returns the logits ``Z`` ``(N, 1, h4, w4)``."""
+    """Boundary branch on a ResNet or EfficientNet :class:`Backbone`; ``forward`` returns the logits ``Z``
+    ``(N, 1, h4, w4)``."""
 
     def __init__(self, trunk: Backbone, frozen: bool = True) -> None:
         super().__init__()
-        if not trunk.is_resnet:
-            raise ConfigError(f"irn.backbone: IRNet reads the five levels of a ResNet (stem, layer1-4); "
-                              f"{trunk.name} has none")
+        blocks = getattr(getattr(trunk, "net", None), "blocks", None)
+        if not trunk.is_resnet and not (isinstance(blocks, nn.Sequential) and len(blocks) == 7):
+            raise ConfigError(f"irn.backbone: IRNet reads five levels of a ResNet (stem, layer1-4) or of a timm "
+                              f"EfficientNet (stages {', '.join(map(str, EFFICIENTNET_LEVELS))}); {trunk.name} is "
+                              f"neither")
         self.trunk = trunk
         self.frozen = frozen
         if frozen:
@@ -60,6 +69,15 @@ class IRNet(nn.Module):
         t = self.trunk
         if t.renorm is not None:
             x = t.renorm(x)
+        if not t.is_resnet:
+            net = t.net
+            x = net.bn1(net.conv_stem(x))
+            levels = []
+            for index, stage in enumerate(net.blocks):
+                x = stage(x)
+                if index in EFFICIENTNET_LEVELS:
+                    levels.append(x)
+            return levels
         out = [t.stem(x)]
         for stage in RESNET_STAGES:
             out.append(getattr(t, stage)(out[-1]))
@@ -88,9 +106,11 @@ class IRNet(nn.Module):
         maps = []
         for feat, head, stride in zip(levels, self.edge, self.level_strides, strict=True):
             e = head(feat)
-            factor = stride // self.level_strides[1]
-            if factor > 1:
-                e = F.interpolate(e, scale_factor=factor, mode="bilinear", align_corners=False)
+            if stride > self.level_strides[1]:
+                e = F.interpolate(e, scale_factor=stride // self.level_strides[1], mode="bilinear",
+                                  align_corners=False)
+            elif stride < self.level_strides[1]:
+                e = F.avg_pool2d(e, self.level_strides[1] // stride, ceil_mode=True)
             maps.append(torch.relu(e)[..., : size[0], : size[1]])
         return self.edge_out(torch.cat(maps, 1))
 
