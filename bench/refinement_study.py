@@ -1,4 +1,4 @@
-"""CRF vs IRN pseudo masks and DeepLabV2 vs EMANet on the embedded benchmark, over seeds (issues 12 and 15).
+"""CRF vs IRN pseudo masks and DeepLabV2 vs EMANet on the embedded benchmark, over seeds.
 
 Per seed ``S``, three runs under ``--out`` (each a normal ``python -m vwl_lightning`` command, printed before it
 runs; a re-run skips the stages already complete, so the study resumes after a kill):
@@ -6,7 +6,12 @@ runs; a re-run skips the stages already complete, so the study resumes after a k
 * ``sS/crf``: the default pipeline (classifier → CAMs → seeds → CRF masks → DeepLabV2);
 * ``sS/irn``: ``pseudo.mode=irn`` on that run's CAMs and classifier (confident seeds → boundary branch →
   walk), then DeepLabV2 on the IRN masks;
-* ``sS/emanet``: EMANet (``segmenter=emanet_synthetic``) on the CRF masks of ``sS/crf``.
+* ``sS/emanet``: EMANet (``segmenter=emanet_synthetic``) on the CRF masks of ``sS/crf``;
+
+and, on the first seed only, IRN's backbone choices for the same CAMs (``pipeline=[pseudo]``):
+``irn_scratch`` (``irn.backbone_source=scratch``: the classifier's trunk architecture trained from random
+init with the branch) and ``irn_efficientnet`` (``irn=efficientnet_lite0``: the packaged ImageNet
+EfficientNet-Lite0, frozen), beside ``irn`` (the default: this run's classifier trunk, frozen).
 
 Then it reads the manifests and prints (and writes to ``<out>/summary.md`` / ``summary.json``) one row per
 seed and the mean ± sample std: seed mIoU, CRF / IRN pseudo-mask mIoU, the segmenters' val mIoU, and the
@@ -43,6 +48,17 @@ def commands(seed: int, out: Path, extra: list[str]) -> dict[str, list[str]]:
                    f"segmenter.pseudo_dir={crf}/pseudo", f"segmenter.backbone_init={crf}/classifier", *COMMON,
                    *extra],
     }
+
+
+IRN_BACKBONES = {"irn_scratch": ["irn.backbone_source=scratch"], "irn_efficientnet": ["irn=efficientnet_lite0"]}
+
+
+def backbone_commands(seed: int, out: Path, extra: list[str]) -> dict[str, list[str]]:
+    crf = out / f"s{seed}" / "crf"
+    return {name: [f"seed={seed}", f"run_dir={out / f's{seed}' / name}", "pipeline=[pseudo]", "pseudo.mode=irn",
+                   f"pseudo.cam_dir={crf}/cams", f"irn.cam_dir={crf}/cams", f"irn.classifier_dir={crf}/classifier",
+                   *choice, *COMMON, *extra]
+            for name, choice in IRN_BACKBONES.items()}
 
 
 def manifest(path: Path) -> dict[str, Any]:
@@ -126,27 +142,59 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def backbone_rows(seed: int, out: Path) -> list[dict[str, Any]]:
+    rows = []
+    for name, choice in (("irn", "classifier trunk, frozen (default)"),
+                         ("irn_scratch", "scratch (irn.backbone_source=scratch)"),
+                         ("irn_efficientnet", "ImageNet EfficientNet-Lite0, frozen (irn=efficientnet_lite0)")):
+        base = out / f"s{seed}" / name
+        trained, walked = manifest(base / "irn" / "train"), manifest(base / "pseudo")
+        if walked:
+            rows.append({"run": name, "backbone": choice, "irn_pseudo_miou": walked["metrics"]["miou"],
+                         "train_images_per_s": trained.get("images_per_second"),
+                         "train_loss": trained.get("metrics", {}).get("train/loss"),
+                         "walk_images_per_s": walked.get("walk_images_per_second")})
+    return rows
+
+
+def backbone_markdown(seed: int, out: Path) -> str:
+    rows = backbone_rows(seed, out)
+    if not rows:
+        return ""
+    lines = [f"IRN backbone choices, seed {seed}, the same CAMs and confident seeds:", "",
+             "| IRN trunk | IRN pseudo-mask mIoU (%) | final train loss | train img/s | walk img/s |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "—"
+        lines.append(f"| {r['backbone']} | {100 * r['irn_pseudo_miou']:.2f} | {loss} | "
+                     f"{r.get('train_images_per_s')} | {r.get('walk_images_per_s')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("runs/refinement_study"))
     parser.add_argument("--collect-only", action="store_true")
+    parser.add_argument("--no-backbones", action="store_true", help="skip the IRN backbone choices")
     args, extra = parser.parse_known_args()
     out = args.out.resolve()
-    if not args.collect_only:
-        for seed in args.seeds:
-            for name, overrides in commands(seed, out, extra).items():
-                cmd = [sys.executable, "-m", "vwl_lightning", *overrides]
-                print("$", shlex.join(cmd), flush=True)
-                log = out / f"s{seed}" / f"{name}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                with log.open("a") as handle:
-                    code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=os.environ).returncode
-                if code:
-                    sys.exit(f"{name} (seed {seed}) failed with exit code {code}; see {log}")
+    jobs = [(seed, name, o) for seed in args.seeds for name, o in commands(seed, out, extra).items()]
+    if not args.no_backbones:
+        jobs += [(args.seeds[0], name, o) for name, o in backbone_commands(args.seeds[0], out, extra).items()]
+    for seed, name, overrides in [] if args.collect_only else jobs:
+        cmd = [sys.executable, "-m", "vwl_lightning", *overrides]
+        print("$", shlex.join(cmd), flush=True)
+        log = out / f"s{seed}" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as handle:
+            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=os.environ).returncode
+        if code:
+            sys.exit(f"{name} (seed {seed}) failed with exit code {code}; see {log}")
     rows = [collect(seed, out) for seed in args.seeds]
-    text = summary_markdown(rows)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    text = summary_markdown(rows) + "\n" + backbone_markdown(args.seeds[0], out)
+    (out / "summary.json").write_text(json.dumps({"seeds": rows, "irn_backbones": backbone_rows(args.seeds[0], out)},
+                                                 indent=2))
     (out / "summary.md").write_text(text)
     print(text)
 
