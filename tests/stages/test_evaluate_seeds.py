@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage
 
+from fixtures_cams import rectangle_cam_fixture
 from vwl_lightning.cam.files import (
     cam_path,
     is_complete_cam_file,
@@ -27,35 +27,10 @@ SIZES = [(40, 52), (36, 36), (48, 30), (33, 47)]
 
 
 def build_fixture(root: Path, split: str = "train") -> tuple[VOCLayout, Path]:
-    """Images with coloured rectangles, their masks (255 borders) and soft, shifted CAMs, in VOC layout."""
-    rng = np.random.default_rng(7)
-    cam_dir = root / "cams"
-    ids = []
-    for n, (height, width) in enumerate(SIZES):
-        image_id = f"2007_{n:06d}"
-        ids.append(image_id)
-        image = np.clip(rng.normal(110, 12, (height, width, 3)), 0, 255)
-        gt = np.zeros((height, width), dtype=np.uint8)
-        classes = sorted(rng.choice([1, 2, 3], size=1 + n % 2, replace=False).tolist())
-        for k, cls in enumerate(classes):
-            y0, x0 = 4 + 12 * k, 5 + 10 * k
-            gt[y0:y0 + height // 2, x0:x0 + width // 2] = cls
-            image[y0:y0 + height // 2, x0:x0 + width // 2] = [60 * cls, 200 - 50 * cls, 90]
-        border = ndimage.binary_dilation(gt > 0) & ~ndimage.binary_erosion(gt > 0)
-        gt[border & (rng.random(gt.shape) < 0.5)] = 255
-        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClassAug" / f"{image_id}.png", gt)
-        high = np.stack([ndimage.shift(ndimage.gaussian_filter((gt == c).astype(np.float32), 3), (2, -1))
-                         for c in classes])
-        high = np.clip(high + rng.normal(0, 0.03, high.shape), 0, None)
-        high /= high.max(axis=(1, 2), keepdims=True) + 1e-5
-        low = high[:, ::4, ::4]
-        save_cam_file(cam_path(cam_dir, image_id), np.array(classes), high, low, np.float16)
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (cam_dir / "manifest.json").write_text(json.dumps({"split": split, "class_names": list(CLASSES)}))
-    return VOCLayout.at(root), cam_dir
+    """Images with coloured rectangles, their masks (255 borders) and soft, shifted, noisy CAMs, in VOC layout."""
+    layout, cam_dir, _ = rectangle_cam_fixture(root, SIZES, seed=7, year=2007, split=split, cam_noise=0.03,
+                                               cam_manifest={"class_names": list(CLASSES)})
+    return layout, cam_dir
 
 
 def reference_curve(layout: VOCLayout, cam_dir: Path, scores: list[float]) -> np.ndarray:

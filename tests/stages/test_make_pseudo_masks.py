@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage
 
-from vwl_lightning.cam.files import cam_path, save_cam_file
-from vwl_lightning.data.label_png import read_label_png, write_label_png
+from fixtures_cams import rectangle_cam_fixture
+from vwl_lightning.cam.files import cam_path
+from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.voc import VOCLayout
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.pseudo.dense_crf import CRF_PRESETS
@@ -24,32 +24,8 @@ SIZES = [(40, 52), (36, 36), (48, 30), (33, 47), (30, 41)]
 
 def build_fixture(root: Path, split: str = "train") -> tuple[VOCLayout, Path, dict[str, list[int]]]:
     """Images with coloured rectangles, their masks (255 borders) and soft, shifted CAMs, in VOC layout."""
-    rng = np.random.default_rng(11)
-    cam_dir = root / "cams"
-    keys: dict[str, list[int]] = {}
-    for n, (height, width) in enumerate(SIZES):
-        image_id = f"2008_{n:06d}"
-        image = np.clip(rng.normal(110, 12, (height, width, 3)), 0, 255)
-        gt = np.zeros((height, width), dtype=np.uint8)
-        classes = sorted(rng.choice([1, 2, 3], size=1 + n % 2, replace=False).tolist())
-        for k, cls in enumerate(classes):
-            y0, x0 = 4 + 12 * k, 5 + 10 * k
-            gt[y0:y0 + height // 2, x0:x0 + width // 2] = cls
-            image[y0:y0 + height // 2, x0:x0 + width // 2] = [60 * cls, 200 - 50 * cls, 90]
-        border = ndimage.binary_dilation(gt > 0) & ~ndimage.binary_erosion(gt > 0)
-        gt[border & (rng.random(gt.shape) < 0.5)] = 255
-        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        write_label_png(root / "SegmentationClassAug" / f"{image_id}.png", gt)
-        high = np.stack([ndimage.shift(ndimage.gaussian_filter((gt == c).astype(np.float32), 3), (2, -1))
-                         for c in classes])
-        high /= high.max(axis=(1, 2), keepdims=True) + 1e-5
-        save_cam_file(cam_path(cam_dir, image_id), np.array(classes), high, high[:, ::4, ::4], np.float16)
-        keys[image_id] = classes
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(keys) + "\n")
-    (cam_dir / "manifest.json").write_text(json.dumps({"split": split, "num_classes": len(CLASSES)}))
-    return VOCLayout.at(root), cam_dir, keys
+    return rectangle_cam_fixture(root, SIZES, seed=11, year=2008, split=split,
+                                 cam_manifest={"num_classes": len(CLASSES)})
 
 
 def read_masks(out: Path, ids: list[str]) -> dict[str, np.ndarray]:
