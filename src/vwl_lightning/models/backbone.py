@@ -42,9 +42,9 @@ import timm
 import torch
 from timm.models import is_model_in_modules
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from vwl_lightning.errors import ConfigError, DataError, load_error_text
+from vwl_lightning.models.frozen_bn import batchnorm_to_eval
 
 log = logging.getLogger(__name__)
 
@@ -444,9 +444,7 @@ class Backbone(nn.Module):
         """Train/eval mode; with ``fixed_bn`` every BatchNorm (any subclass) stays in eval mode (spec §1)."""
         super().train(mode)
         if getattr(self, "fixed_bn", False):
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            batchnorm_to_eval(self)
         return self
 
     def load_weights(self, net: nn.Module, weights_path: str, weights_format: str = "auto") -> None:

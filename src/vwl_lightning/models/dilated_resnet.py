@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from vwl_lightning.errors import ConfigError
+from vwl_lightning.models.frozen_bn import batchnorm_to_eval
 
 STEMS = ("caffe", "deep")
 STRIDE_ON = ("1x1", "3x3")
@@ -155,9 +156,7 @@ class DilatedResNet(nn.Module):
         """Train/eval mode; with ``fixed_bn`` every BatchNorm stays in eval mode (spec §12.4)."""
         super().train(mode)
         if getattr(self, "fixed_bn", False):
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            batchnorm_to_eval(self)
         return self
 
     def stages(self) -> list[nn.Module]:
