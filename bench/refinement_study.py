@@ -18,7 +18,8 @@ seed and the mean ± sample std: seed mIoU, CRF / IRN pseudo-mask mIoU, the segm
 time per segmenter training step (training seconds / steps, validation included, from the manifests).
 
 Usage: ``python bench/refinement_study.py [--seeds 1 2 3] [--out runs/refinement_study] [--collect-only]
-[extra Hydra overrides ...]``.
+[--runs crf irn emanet irn_efficientnet irn_scratch] [extra Hydra overrides ...]`` (``--runs`` picks which of
+the runs above to make; the backbone choices always use the first seed).
 """
 
 from __future__ import annotations
@@ -176,12 +177,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("runs/refinement_study"))
     parser.add_argument("--collect-only", action="store_true")
-    parser.add_argument("--no-backbones", action="store_true", help="skip the IRN backbone choices")
+    parser.add_argument("--runs", nargs="+", default=["crf", "irn", "emanet", *IRN_BACKBONES],
+                        choices=["crf", "irn", "emanet", *IRN_BACKBONES], help="which runs to make")
     args, extra = parser.parse_known_args()
     out = args.out.resolve()
-    jobs = [(seed, name, o) for seed in args.seeds for name, o in commands(seed, out, extra).items()]
-    if not args.no_backbones:
-        jobs += [(args.seeds[0], name, o) for name, o in backbone_commands(args.seeds[0], out, extra).items()]
+    jobs = [(seed, name, o) for seed in args.seeds for name, o in commands(seed, out, extra).items()
+            if name in args.runs]
+    jobs += [(args.seeds[0], name, o) for name, o in backbone_commands(args.seeds[0], out, extra).items()
+             if name in args.runs]
     for seed, name, overrides in [] if args.collect_only else jobs:
         cmd = [sys.executable, "-m", "vwl_lightning", *overrides]
         print("$", shlex.join(cmd), flush=True)
