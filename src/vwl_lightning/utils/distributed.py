@@ -5,21 +5,35 @@ trainer); each rank takes the strided share ``items[rank::world]`` of the images
 confusion matrices are summed once over ranks by torchmetrics' own synchronisation.  Without a process group
 (one process, or a stage run alone) the share is everything and every collective here is a no-op.
 
+torch is imported only when already loaded (a process that has not loaded torch cannot be in a process
+group), so the CRF's pool workers, which import the pseudo-label stage, start without it.
+
 The list being sharded must be the same on every rank: a stage computes it on rank 0 and broadcasts it
 (:func:`broadcast_from_zero`) before any rank writes, so that files written meanwhile cannot change it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
-
-import torch
-import torch.distributed as dist
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vwl_lightning.errors import VWLError
 
+if TYPE_CHECKING:
+    import torch
+
 T = TypeVar("T")
+
+
+def _group() -> ModuleType | None:
+    """``torch.distributed`` when a process group is initialised, else None (torch left unloaded)."""
+    if "torch" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 def start_ranks(trainer: Mapping[str, Any]) -> None:
@@ -29,7 +43,7 @@ def start_ranks(trainer: Mapping[str, Any]) -> None:
     later Lightning trainer of the run reuses.  So a stage run alone (``stage=pseudo``) shards as well as
     one that follows the classifier.  A one-process trainer config does nothing here.
     """
-    if "ddp" not in str(trainer.get("strategy", "auto")) or (dist.is_available() and dist.is_initialized()):
+    if "ddp" not in str(trainer.get("strategy", "auto")) or _group() is not None:
         return
     from lightning_fabric import Fabric
 
@@ -41,9 +55,8 @@ def start_ranks(trainer: Mapping[str, Any]) -> None:
 
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world_size)`` of the initialised process group, or ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    dist = _group()
+    return (dist.get_rank(), dist.get_world_size()) if dist is not None else (0, 1)
 
 
 def is_sharded() -> bool:
@@ -64,7 +77,8 @@ def shard(items: Sequence[T]) -> list[T]:
 
 def barrier() -> None:
     """Wait until every rank gets here (no-op without a process group)."""
-    if is_sharded():
+    dist = _group()
+    if dist is not None and dist.get_world_size() > 1:
         dist.barrier()
 
 
@@ -73,7 +87,7 @@ def broadcast_from_zero(value: T) -> T:
     if not is_sharded():
         return value
     box: list[Any] = [value]
-    dist.broadcast_object_list(box, src=0, device=collective_device())
+    _group().broadcast_object_list(box, src=0, device=collective_device())  # type: ignore[union-attr]
     return box[0]
 
 
@@ -103,12 +117,15 @@ def gather_counts(count: int) -> list[int]:
     if not is_sharded():
         return [int(count)]
     counts: list[Any] = [None] * rank_and_world()[1]
-    dist.all_gather_object(counts, int(count))
+    _group().all_gather_object(counts, int(count))  # type: ignore[union-attr]
     return [int(c) for c in counts]
 
 
 def collective_device() -> torch.device:
     """Where tensors must live for the backend's collectives: the rank's GPU under NCCL, else the CPU."""
-    if is_sharded() and dist.get_backend() == "nccl":
+    import torch
+
+    dist = _group()
+    if dist is not None and dist.get_world_size() > 1 and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
