@@ -11,20 +11,22 @@ Both contenders run in one process, interleaved, on the same checkpoint and the 
   max-normalisation of the labelled classes, one float32 file per image.
 * **ours**: the CAM stage itself (``make_cams``: Lightning predict loop, same-size batching, one pass for
   images + mirrors per scale, ``inference_mode``, channels-last, float16 files) with the default
-  ``cam.precision=auto`` (bf16-mixed on a CPU with AVX-512 BF16) and with ``cam.precision=32-true``.
+  ``cam.precision=auto`` (bf16-mixed on a CPU with AVX-512 BF16) and with ``cam.precision=32-true``, each
+  also with ``cam.fold_batchnorm=true`` (the frozen BatchNorms folded into their convolutions).
 
 The model: the IJCV VOC configuration (``+experiment=voc_vwl_l``: ResNet-101, output stride 16 without
 dilation, hybrid pooling, learned codebook K = 256), randomly initialised with ``--seed`` (no weights can be
 downloaded here; the speed does not depend on the values). Images: ``--images`` 500×375 JPEGs cut from real
 photos (scikit-image, imgaug), each labelled with 1–3 classes. Every contender runs ``--repeats`` times in
-the order official, ours auto, ours fp32; the best time of each is reported as seconds per image (wall) and
-CPU-seconds per image (this process and its DataLoader workers). Then: max |difference| of the normalised
-CAMs of each of ours against the official files, and a ``torch.profiler`` table of one batch of our network
-work per precision (top operators by self CPU time).
+the order official, ours auto, ours fp32, the same two folded; the best time of each is reported as seconds
+per image (wall) and CPU-seconds per image (this process and its DataLoader workers), with the official /
+ours ratio of both. Then: max |difference| of the normalised CAMs of each of ours against the official
+files, and a ``torch.profiler`` table of one batch of our network work per precision (top operators by self
+CPU time).
 
 Usage: ``python bench/bench_official_cams.py [--work /tmp/vwl_bench_official] [--images 4] [--repeats 2]
-[--batch-size 16] [--workers 2] [--profile-scales 1.0] [--profile-bf16]``. Extra ``key=value`` arguments
-after ``--`` go to both of our runs' config.
+[--batch-size 16] [--workers 2] [--profile-scales 1.0] [--profile-bf16] [--profile-fold]``. Extra
+``key=value`` arguments after ``--`` go to all of our runs' config.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from vwl_lightning.data.label_png import write_label_png
 from vwl_lightning.data.layout import VOCLayout, load_rgb
 from vwl_lightning.data.meta import VOC_CLASSES
 from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
+from vwl_lightning.modules.cam_predictor import CamPredictor
 from vwl_lightning.modules.classifier import load_classifier
 from vwl_lightning.stages.make_cams import make_cams
 from vwl_lightning.stages.train_classifier import build_module
@@ -180,12 +183,14 @@ def max_difference(dir_a: Path, dir_b: Path, ids: list[str]) -> float:
 
 
 def profile_ours(checkpoint: Path, layout: VOCLayout, ids: list[str], labels: dict[str, list[int]],
-                 bf16: bool, rows: int, scales: tuple[float, ...]) -> str:
+                 bf16: bool, rows: int, scales: tuple[float, ...], fold: bool = False) -> str:
     """``torch.profiler`` table of our network work on the first image at ``scales`` (PIL inputs,
-    channels-last, ``inference_mode``, image + mirror in one pass): the top operators by self CPU time."""
+    channels-last, ``inference_mode``, image + mirror in one pass; BatchNorms folded with ``fold``): the top
+    operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = load_classifier(checkpoint).model.eval().to(memory_format=torch.channels_last)
+    model = CamPredictor(load_classifier(checkpoint).model, scales, True, "max", True,
+                         fold_batchnorm=fold).classifier
     dataset = CamInputs(layout, ids[:1], labels, scales=scales, resize="pil_bicubic")
     batch = collate_cams([dataset[0]])
 
@@ -214,6 +219,7 @@ def main() -> None:
     parser.add_argument("--profile-scales", type=float, nargs="+", default=list(SCALES),
                         help="scales of the profiled pass (one image)")
     parser.add_argument("--profile-bf16", action="store_true", help="also profile under bf16 autocast")
+    parser.add_argument("--profile-fold", action="store_true", help="profile with cam.fold_batchnorm=true")
     parser.add_argument("extra", nargs="*", help="config overrides for our runs (key=value)")
     args = parser.parse_args()
 
@@ -228,16 +234,19 @@ def main() -> None:
     layout = VOCLayout.at(root)
     labels = layout.image_labels(ids, len(VOC_CLASSES))
 
-    def ours(precision: str, out: Path) -> None:
+    def ours(precision: str, fold: bool, out: Path) -> None:
         cfg = compose_cfg(overrides(root, checkpoint, args.batch_size, args.workers,
-                                    [f"cam.precision={precision}", f"cam.out_dir={out}", *args.extra]), work / "run")
+                                    [f"cam.precision={precision}", f"cam.fold_batchnorm={str(fold).lower()}",
+                                     f"cam.out_dir={out}", *args.extra]), work / "run")
         make_cams(cfg)
 
     contenders = {
         "official loop, fp32 NCHW, batch = image + mirror": lambda out: official_loop(
             checkpoint, layout, ids, labels, out, args.workers),
-        "ours, cam.precision=auto (default)": lambda out: ours("auto", out),
-        "ours, cam.precision=32-true": lambda out: ours("32-true", out),
+        "ours, cam.precision=auto (default)": lambda out: ours("auto", False, out),
+        "ours, cam.precision=32-true": lambda out: ours("32-true", False, out),
+        "ours, auto + cam.fold_batchnorm=true": lambda out: ours("auto", True, out),
+        "ours, 32-true + cam.fold_batchnorm=true": lambda out: ours("32-true", True, out),
     }
     best: dict[str, tuple[float, float]] = {}
     for repeat in range(args.repeats):
@@ -252,21 +261,22 @@ def main() -> None:
     official_wall = best[names[0]][0]
     print(f"\n{n} images {width}x{height}, scales {list(SCALES)} + flip, best of {args.repeats}; "
           f"load average at the end {machine()['load_avg']}\n")
-    print("| contender | s/image (wall) | CPU-s/image | official / this |")
-    print("|---|---|---|---|")
+    official_cpu = best[names[0]][1]
+    print("| contender | s/image (wall) | CPU-s/image | official / this (wall) | official / this (CPU-s) |")
+    print("|---|---|---|---|---|")
     for name in names:
         wall, cpu = best[name]
-        print(f"| {name} | {wall / n:.2f} | {cpu / n:.2f} | {official_wall / wall:.2f}x |")
+        print(f"| {name} | {wall / n:.2f} | {cpu / n:.2f} | {official_wall / wall:.2f}x | {official_cpu / cpu:.2f}x |")
     last = args.repeats - 1
-    for k in (1, 2):
+    for k in range(1, len(names)):
         print(f"max |normalised CAM difference|, {names[k]} vs official: "
               f"{max_difference(work / f'out_0_{last}', work / f'out_{k}_{last}', ids):.4f}")
     if not args.no_profile:
         for bf16 in ((True, False) if args.profile_bf16 else (False,)):
             print(f"\nprofile of our network work on one image, scales {args.profile_scales} + flip "
-                  f"({'bf16 autocast' if bf16 else 'fp32'}):")
+                  f"({'bf16 autocast' if bf16 else 'fp32'}{', BatchNorms folded' if args.profile_fold else ''}):")
             print(profile_ours(checkpoint, layout, ids, labels, bf16, args.profile_rows,
-                               tuple(args.profile_scales)), flush=True)
+                               tuple(args.profile_scales), args.profile_fold), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,24 @@
-"""CRF vs IRN pseudo masks and DeepLabV2 vs EMANet on the embedded benchmark, over seeds.
+"""CRF vs IRN pseudo masks, IRN's trunk choices, and DeepLabV2 vs EMANet on the embedded benchmark, over seeds.
 
-Per seed ``S``, three runs under ``--out`` (each a normal ``python -m vwl_lightning`` command, printed before it
+Per seed ``S``, runs under ``--out`` (each a normal ``python -m vwl_lightning`` command, printed before it
 runs; a re-run skips the stages already complete, so the study resumes after a kill):
 
 * ``sS/crf``: the default pipeline (classifier → CAMs → seeds → CRF masks → DeepLabV2);
-* ``sS/irn``: ``pseudo.mode=irn`` on that run's CAMs and classifier (confident seeds → boundary branch →
-  walk), then DeepLabV2 on the IRN masks;
-* ``sS/emanet``: EMANet (``segmenter=emanet_synthetic``) on the CRF masks of ``sS/crf``;
+* ``sS/irn``, ``sS/irn_efficientnet``, ``sS/irn_scratch``: ``pseudo.mode=irn`` on that seed's CAMs and
+  classifier (confident seeds → boundary branch → walk), then DeepLabV2 on the IRN masks, with IRN's three
+  trunk choices: this run's classifier trunk, frozen (``irn.backbone_source=classifier``); the packaged
+  ImageNet EfficientNet-Lite0, frozen (``irn=efficientnet_lite0``); the classifier's trunk architecture
+  trained from random init with the branch (``irn.backbone_source=scratch``);
+* ``sS/emanet``: EMANet (``segmenter=emanet_synthetic``) on the CRF masks of ``sS/crf``.
 
-and, on the first seed only, IRN's backbone choices for the same CAMs (``pipeline=[pseudo]``):
-``irn_scratch`` (``irn.backbone_source=scratch``: the classifier's trunk architecture trained from random
-init with the branch) and ``irn_efficientnet`` (``irn=efficientnet_lite0``: the packaged ImageNet
-EfficientNet-Lite0, frozen), beside ``irn`` (the default: this run's classifier trunk, frozen).
-
-Then it reads the manifests and prints (and writes to ``<out>/summary.md`` / ``summary.json``) one row per
-seed and the mean ± sample std: seed mIoU, CRF / IRN pseudo-mask mIoU, the segmenters' val mIoU, and the
-time per segmenter training step (training seconds / steps, validation included, from the manifests).
+The jobs run in the order of ``--runs``, each over all seeds, so the first-named runs finish first.
+Then it reads the manifests and prints (and writes to ``<out>/summary.md`` / ``summary.json``) one column per
+seed and the mean ± sample std: seed mIoU, CRF / IRN pseudo-mask mIoU per trunk, the segmenters' val mIoU,
+IRN's training / walk speed, and the time per segmenter training step (training seconds / steps, validation
+included, from the manifests).
 
 Usage: ``python bench/refinement_study.py [--seeds 1 2 3] [--out runs/refinement_study] [--collect-only]
-[--runs crf irn emanet irn_efficientnet irn_scratch] [extra Hydra overrides ...]`` (``--runs`` picks which of
-the runs above to make; the backbone choices always use the first seed).
+[--runs crf irn_efficientnet irn_scratch irn emanet] [extra Hydra overrides ...]``.
 """
 
 from __future__ import annotations
@@ -37,29 +36,26 @@ from typing import Any
 COMMON = ["logger=csv", "trainer.enable_progress_bar=false"]
 
 
+IRN_TRUNKS = {"irn": ["irn.backbone_source=classifier"], "irn_efficientnet": ["irn=efficientnet_lite0"],
+              "irn_scratch": ["irn.backbone_source=scratch"]}
+IRN_TRUNK_NAMES = {"irn": "classifier trunk, frozen", "irn_efficientnet": "ImageNet EfficientNet-Lite0, frozen",
+                   "irn_scratch": "trained from scratch"}
+RUN_NAMES = ["crf", *IRN_TRUNKS, "emanet"]
+
+
 def commands(seed: int, out: Path, extra: list[str]) -> dict[str, list[str]]:
+    """The Hydra overrides of every run of one seed, by run name."""
     base = out / f"s{seed}"
-    crf, irn, ema = base / "crf", base / "irn", base / "emanet"
-    return {
-        "crf": [f"seed={seed}", f"run_dir={crf}", *COMMON, *extra],
-        "irn": [f"seed={seed}", f"run_dir={irn}", "pipeline=[pseudo,segmenter]", "pseudo.mode=irn",
-                f"pseudo.cam_dir={crf}/cams", f"irn.cam_dir={crf}/cams", f"irn.classifier_dir={crf}/classifier",
-                f"segmenter.backbone_init={crf}/classifier", *COMMON, *extra],
-        "emanet": [f"seed={seed}", f"run_dir={ema}", "stage=segmenter", "segmenter=emanet_synthetic",
-                   f"segmenter.pseudo_dir={crf}/pseudo", f"segmenter.backbone_init={crf}/classifier", *COMMON,
-                   *extra],
-    }
-
-
-IRN_BACKBONES = {"irn_scratch": ["irn.backbone_source=scratch"], "irn_efficientnet": ["irn=efficientnet_lite0"]}
-
-
-def backbone_commands(seed: int, out: Path, extra: list[str]) -> dict[str, list[str]]:
-    crf = out / f"s{seed}" / "crf"
-    return {name: [f"seed={seed}", f"run_dir={out / f's{seed}' / name}", "pipeline=[pseudo]", "pseudo.mode=irn",
-                   f"pseudo.cam_dir={crf}/cams", f"irn.cam_dir={crf}/cams", f"irn.classifier_dir={crf}/classifier",
-                   *choice, *COMMON, *extra]
-            for name, choice in IRN_BACKBONES.items()}
+    crf = base / "crf"
+    runs = {"crf": [f"seed={seed}", f"run_dir={crf}", *COMMON, *extra]}
+    for name, choice in IRN_TRUNKS.items():
+        runs[name] = [f"seed={seed}", f"run_dir={base / name}", "pipeline=[pseudo,segmenter]", "pseudo.mode=irn",
+                      f"pseudo.cam_dir={crf}/cams", f"irn.cam_dir={crf}/cams", f"irn.classifier_dir={crf}/classifier",
+                      f"segmenter.backbone_init={crf}/classifier", *choice, *COMMON, *extra]
+    runs["emanet"] = [f"seed={seed}", f"run_dir={base / 'emanet'}", "stage=segmenter", "segmenter=emanet_synthetic",
+                      f"segmenter.pseudo_dir={crf}/pseudo", f"segmenter.backbone_init={crf}/classifier", *COMMON,
+                      *extra]
+    return runs
 
 
 def manifest(path: Path) -> dict[str, Any]:
@@ -78,25 +74,30 @@ def seg_row(folder: Path) -> dict[str, Any]:
 
 
 def collect(seed: int, out: Path) -> dict[str, Any]:
+    """One seed's numbers, read from the runs' manifests (missing runs leave their keys out)."""
     base = out / f"s{seed}"
     seeds, crf = manifest(base / "crf" / "seeds"), manifest(base / "crf" / "pseudo")
-    irn_seeds, irn_train, irn = (manifest(base / "irn" / "irn" / "seeds"), manifest(base / "irn" / "irn" / "train"),
-                                 manifest(base / "irn" / "pseudo"))
     row: dict[str, Any] = {"seed": seed}
     if seeds:
         row.update(seed_miou_best=seeds["metrics"]["best_miou"],
                    seed_miou_configured=seeds["metrics"]["miou_at_configured"])
     if crf:
         row["crf_pseudo_miou"] = crf["metrics"]["miou"]
-    if irn_seeds and irn_seeds.get("metrics"):
-        row.update(irn_seed_miou=irn_seeds["metrics"]["miou"], irn_seed_coverage=irn_seeds["metrics"].get("coverage"))
-    if irn_train:
-        row.update(irn_train_images_per_s=irn_train.get("images_per_second"),
-                   irn_train_loss=irn_train["metrics"].get("train/loss"))
-    if irn:
-        row.update(irn_pseudo_miou=irn["metrics"]["miou"], irn_walk_images_per_s=irn.get("walk_images_per_second"))
-    for name, folder in (("deeplab_on_crf", base / "crf"), ("deeplab_on_irn", base / "irn"),
-                         ("emanet_on_crf", base / "emanet")):
+    for name in IRN_TRUNKS:
+        irn_seeds, irn_train = manifest(base / name / "irn" / "seeds"), manifest(base / name / "irn" / "train")
+        walked = manifest(base / name / "pseudo")
+        if irn_seeds.get("metrics") and "irn_seed_miou" not in row:
+            row.update(irn_seed_miou=irn_seeds["metrics"]["miou"],
+                       irn_seed_coverage=irn_seeds["metrics"].get("coverage"))
+        if irn_train:
+            row.update({f"{name}_train_images_per_s": irn_train.get("images_per_second"),
+                        f"{name}_train_seconds": irn_train.get("seconds"),
+                        f"{name}_train_loss": irn_train.get("metrics", {}).get("train/loss")})
+        if walked:
+            row.update({f"{name}_pseudo_miou": walked["metrics"]["miou"],
+                        f"{name}_walk_images_per_s": walked.get("walk_images_per_second")})
+    for name, folder in (("deeplab_on_crf", base / "crf"), ("emanet_on_crf", base / "emanet"),
+                         *((f"deeplab_on_{name}", base / name) for name in IRN_TRUNKS)):
         for key, value in seg_row(folder).items():
             row[f"{name}_{key}"] = value
     return row
@@ -106,9 +107,10 @@ ROWS = [
     ("CAM seed mIoU (best bg / bg 0.13)", "seed_miou_best", "seed_miou_configured"),
     ("CRF pseudo-mask mIoU", "crf_pseudo_miou", None),
     ("IRN confident seeds: mIoU on labelled pixels / coverage", "irn_seed_miou", "irn_seed_coverage"),
-    ("IRN pseudo-mask mIoU", "irn_pseudo_miou", None),
+    *((f"IRN pseudo-mask mIoU, {IRN_TRUNK_NAMES[name]}", f"{name}_pseudo_miou", None) for name in IRN_TRUNKS),
     ("DeepLabV2 val mIoU on CRF masks (no CRF / test CRF)", "deeplab_on_crf_miou", "deeplab_on_crf_miou_crf"),
-    ("DeepLabV2 val mIoU on IRN masks (no CRF / test CRF)", "deeplab_on_irn_miou", "deeplab_on_irn_miou_crf"),
+    *((f"DeepLabV2 val mIoU on IRN masks, {IRN_TRUNK_NAMES[name]} (no CRF / test CRF)",
+       f"deeplab_on_{name}_miou", f"deeplab_on_{name}_miou_crf") for name in IRN_TRUNKS),
     ("EMANet val mIoU on CRF masks (no CRF / test CRF)", "emanet_on_crf_miou", "emanet_on_crf_miou_crf"),
 ]
 
@@ -143,33 +145,19 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def backbone_rows(seed: int, out: Path) -> list[dict[str, Any]]:
-    rows = []
-    for name, choice in (("irn", "classifier trunk, frozen (default)"),
-                         ("irn_scratch", "scratch (irn.backbone_source=scratch)"),
-                         ("irn_efficientnet", "ImageNet EfficientNet-Lite0, frozen (irn=efficientnet_lite0)")):
-        base = out / f"s{seed}" / name
-        trained, walked = manifest(base / "irn" / "train"), manifest(base / "pseudo")
-        if walked:
-            rows.append({"run": name, "backbone": choice, "irn_pseudo_miou": walked["metrics"]["miou"],
-                         "train_images_per_s": trained.get("images_per_second"),
-                         "train_loss": trained.get("metrics", {}).get("train/loss"),
-                         "walk_images_per_s": walked.get("walk_images_per_second")})
-    return rows
-
-
-def backbone_markdown(seed: int, out: Path) -> str:
-    rows = backbone_rows(seed, out)
-    if not rows:
-        return ""
-    lines = [f"IRN backbone choices, seed {seed}, the same CAMs and confident seeds:", "",
-             "| IRN trunk | IRN pseudo-mask mIoU (%) | final train loss | train img/s | walk img/s |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        loss = f"{r['train_loss']:.3f}" if r.get("train_loss") is not None else "—"
-        lines.append(f"| {r['backbone']} | {100 * r['irn_pseudo_miou']:.2f} | {loss} | "
-                     f"{r.get('train_images_per_s')} | {r.get('walk_images_per_s')} |")
-    return "\n".join(lines) + "\n"
+def speed_markdown(rows: list[dict[str, Any]]) -> str:
+    """IRN's boundary-training and walk speed per trunk (mean over the seeds that ran it)."""
+    lines = ["| IRN trunk | boundary training s (img/s) | final train loss | walk img/s |", "|---|---|---|---|"]
+    for name in IRN_TRUNKS:
+        seconds = [r[f"{name}_train_seconds"] for r in rows if r.get(f"{name}_train_seconds")]
+        if not seconds:
+            continue
+        rate = statistics.fmean(r[f"{name}_train_images_per_s"] for r in rows if r.get(f"{name}_train_images_per_s"))
+        loss = [r[f"{name}_train_loss"] for r in rows if r.get(f"{name}_train_loss") is not None]
+        walk = [r[f"{name}_walk_images_per_s"] for r in rows if r.get(f"{name}_walk_images_per_s")]
+        lines.append(f"| {IRN_TRUNK_NAMES[name]} | {statistics.fmean(seconds):.0f} ({rate:.1f}) | "
+                     f"{statistics.fmean(loss):.3f} | " + (f"{statistics.fmean(walk):.1f} |" if walk else "— |"))
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def main() -> None:
@@ -177,14 +165,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("runs/refinement_study"))
     parser.add_argument("--collect-only", action="store_true")
-    parser.add_argument("--runs", nargs="+", default=["crf", "irn", "emanet", *IRN_BACKBONES],
-                        choices=["crf", "irn", "emanet", *IRN_BACKBONES], help="which runs to make")
+    parser.add_argument("--runs", nargs="+", default=RUN_NAMES, choices=RUN_NAMES,
+                        help="which runs to make, in this order (each over all seeds); crf first: the others use it")
     args, extra = parser.parse_known_args()
     out = args.out.resolve()
-    jobs = [(seed, name, o) for seed in args.seeds for name, o in commands(seed, out, extra).items()
-            if name in args.runs]
-    jobs += [(args.seeds[0], name, o) for name, o in backbone_commands(args.seeds[0], out, extra).items()
-             if name in args.runs]
+    per_seed = {seed: commands(seed, out, extra) for seed in args.seeds}
+    jobs = [(seed, name, per_seed[seed][name]) for name in args.runs for seed in args.seeds]
     for seed, name, overrides in [] if args.collect_only else jobs:
         cmd = [sys.executable, "-m", "vwl_lightning", *overrides]
         print("$", shlex.join(cmd), flush=True)
@@ -195,9 +181,8 @@ def main() -> None:
         if code:
             sys.exit(f"{name} (seed {seed}) failed with exit code {code}; see {log}")
     rows = [collect(seed, out) for seed in args.seeds]
-    text = summary_markdown(rows) + "\n" + backbone_markdown(args.seeds[0], out)
-    (out / "summary.json").write_text(json.dumps({"seeds": rows, "irn_backbones": backbone_rows(args.seeds[0], out)},
-                                                 indent=2))
+    text = summary_markdown(rows) + "\n" + speed_markdown(rows)
+    (out / "summary.json").write_text(json.dumps({"seeds": rows}, indent=2))
     (out / "summary.md").write_text(text)
     print(text)
 

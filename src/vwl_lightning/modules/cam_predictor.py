@@ -13,6 +13,7 @@ from vwl_lightning.cam.fusion import keep_labelled, multiscale_cams
 from vwl_lightning.cam.inputs import check_resize
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.classifier import VWLClassifier
+from vwl_lightning.models.fold_batchnorm import fold_batchnorm as fold_batchnorm_of
 
 
 class CamPredictor(pl.LightningModule):
@@ -20,10 +21,12 @@ class CamPredictor(pl.LightningModule):
 
     ``resize="pil_bicubic"`` (spec §5.1) takes each scale's input from ``batch["scaled"]`` (made by
     :class:`~vwl_lightning.cam.inputs.CamInputs`); ``"tensor_bicubic"`` resizes the normalised batch here.
+    ``fold_batchnorm`` folds the frozen BatchNorms into their convolutions first (spec §5.1,
+    :mod:`~vwl_lightning.models.fold_batchnorm`); ``folded_batchnorms`` says how many.
     """
 
     def __init__(self, classifier: VWLClassifier, scales: Sequence[float], flip: bool, flip_fusion: str,
-                 channels_last: bool, resize: str = "pil_bicubic") -> None:
+                 channels_last: bool, resize: str = "pil_bicubic", fold_batchnorm: bool = False) -> None:
         super().__init__()
         self.resize = check_resize(resize)
         if flip_fusion not in ("max", "sum"):
@@ -31,6 +34,11 @@ class CamPredictor(pl.LightningModule):
         if not scales or any(s <= 0 for s in scales):
             raise ConfigError(f"cam.scales must be a non-empty list of positive numbers, got {list(scales)}")
         self.classifier = classifier.eval()
+        self.folded_batchnorms = 0
+        if fold_batchnorm:
+            probe = torch.Generator().manual_seed(0)
+            self.classifier, self.folded_batchnorms = fold_batchnorm_of(
+                self.classifier, lambda net, x: net.cam(x), torch.randn(1, 3, 64, 64, generator=probe))
         self.scales = tuple(float(s) for s in scales)
         self.flip, self.flip_fusion, self.channels_last = flip, flip_fusion, channels_last
         if channels_last:

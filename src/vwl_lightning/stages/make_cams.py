@@ -104,7 +104,12 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
     if module.hparams.num_classes != meta.num_foreground:
         raise DataError(f"{checkpoint}: classifier has {module.hparams.num_classes} classes but data set "
                         f"'{meta.name}' has {meta.num_foreground}")
-    predictor = CamPredictor(module.model, c.scales, c.flip, c.flip_fusion, c.channels_last, resize)
+    if c.fold_batchnorm:
+        identity["fold_batchnorm"] = True               # absent: false (folders made before the knob existed)
+    predictor = CamPredictor(module.model, c.scales, c.flip, c.flip_fusion, c.channels_last, resize,
+                             bool(c.fold_batchnorm))
+    if c.fold_batchnorm:
+        log.info("cams: %d BatchNorms folded into their convolutions", predictor.folded_batchnorms)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     precision = resolve_precision(str(c.precision), str(trainer_args.get("accelerator", "auto")))
     log.info("cams: precision %s (cam.precision=%s)", precision, c.precision)
