@@ -182,8 +182,11 @@ def main() -> None:
             sys.exit(f"{name} (seed {seed}) failed with exit code {code}; see {log}")
     rows = [collect(seed, out) for seed in args.seeds]
     text = summary_markdown(rows) + "\n" + speed_markdown(rows)
-    (out / "summary.json").write_text(json.dumps({"seeds": rows}, indent=2))
-    (out / "summary.md").write_text(text)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in (("summary.json", json.dumps({"seeds": rows}, indent=2)), ("summary.md", text)):
+        tmp = out / f".tmp-{name}"
+        tmp.write_text(content)
+        tmp.replace(out / name)
     print(text)
 
 
