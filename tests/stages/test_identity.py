@@ -88,6 +88,16 @@ def test_irn_settings_count_only_when_the_pseudo_stage_runs_irn(make_config) -> 
     assert set(scratch["upstream"]) == {"cams"}
 
 
+def test_a_later_key_counts_only_away_from_its_default(make_config) -> None:
+    """cam.fold_batchnorm (added after the first fingerprints): absent from the CAM settings at its default,
+    so earlier CAM folders keep their fingerprint; set, it changes the fingerprint."""
+    plain = stage_identity("cams", make_config())
+    assert "cam.fold_batchnorm" not in plain["settings"]
+    assert stage_identity("cams", make_config("cam.fold_batchnorm=false"))["fingerprint"] == plain["fingerprint"]
+    folded = stage_identity("cams", make_config("cam.fold_batchnorm=true"))
+    assert folded["settings"]["cam.fold_batchnorm"] is True and folded["fingerprint"] != plain["fingerprint"]
+
+
 def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(first_run: SimpleNamespace,
                                                                             tmp_path: Path) -> None:
     """Scenarios 1 and 2. (1) gamma=4 in the same folder: refused, one line naming the key and both values,

@@ -607,3 +607,21 @@ def test_bf16_stage_stays_close_to_fp32(stage: Stage, tmp_path: Path) -> None:
     # normalisation, so the bound is on the bulk of the pixels, not the worst one
     assert 0.0 < difference.mean() < 0.02 and np.percentile(difference, 99) < 0.1
     assert agree / total > 0.95
+
+
+def test_folded_batchnorms_give_the_same_cam_files_and_are_recorded(stage: Stage, tmp_path: Path) -> None:
+    """``cam.fold_batchnorm=true`` (fp32): the files equal the unfolded stage's to float16 rounding; the
+    manifest says so, and a folder made without folding is refused rather than mixed."""
+    out = make_cams(stage.config(tmp_path / "folded", "cam.fold_batchnorm=true"), stage.data)
+    manifest = json.loads((out / CAM_MANIFEST).read_text())
+    assert manifest["fold_batchnorm"] is True
+    assert "fold_batchnorm" not in json.loads((stage.cam_dir / CAM_MANIFEST).read_text())
+    for image_id in stage.ids:
+        a = load_cam_file(cam_path(stage.cam_dir, image_id)).high_res.astype(np.float32)
+        b = load_cam_file(cam_path(out, image_id)).high_res.astype(np.float32)
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-3)   # float16 files: 1e-3 steps near 1
+    mixed = tmp_path / "mixed"
+    shutil.copytree(stage.cam_dir, mixed)
+    cam_path(mixed, stage.ids[0]).unlink()
+    with pytest.raises(DataError, match="fold_batchnorm"):
+        make_cams(stage.config(mixed, "cam.fold_batchnorm=true"), stage.data)

@@ -59,6 +59,12 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
                   "trainer.accumulate_grad_batches", "trainer.gradient_clip_val"),
 }
 
+# keys added after the fingerprints above were first recorded: part of the settings only when not at their
+# default, so a folder made before the key existed keeps its fingerprint (as the generator's later knobs do)
+LATER_KEYS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "cams": (("cam.fold_batchnorm", False),),
+}
+
 # read by a stage only in one of its modes: stage -> (mode key, mode value, extra keys); pseudo.mode=irn trains
 # IRN's boundary branch and walks (stages/irn.py), so every IRN setting determines its masks
 MODE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -102,7 +108,8 @@ def _excluded(key: str) -> bool:
 
 
 def stage_settings(stage: str, cfg: DictConfig) -> dict[str, Any]:
-    """The resolved values of :data:`STAGE_KEYS` ``[stage]``, flattened to dotted keys, minus NOT_IDENTITY."""
+    """The resolved values of :data:`STAGE_KEYS` ``[stage]``, flattened to dotted keys, minus NOT_IDENTITY,
+    plus the :data:`LATER_KEYS` that are not at their default."""
     settings: dict[str, Any] = {}
     keys = STAGE_KEYS[stage]
     if stage in MODE_KEYS:
@@ -116,6 +123,10 @@ def stage_settings(stage: str, cfg: DictConfig) -> dict[str, Any]:
         for leaf, leaf_value in flatten({key: value}).items():
             if not _excluded(leaf):
                 settings[leaf] = leaf_value
+    for key, default in LATER_KEYS.get(stage, ()):
+        value = OmegaConf.select(cfg, key, default=default)
+        if value != default:
+            settings[key] = value
     return settings
 
 

@@ -72,10 +72,10 @@ def check_or_start_manifest(out_dir: Path, identity: dict[str, Any]) -> None:
             if str(previous.get(key)) != str(identity[key]):
                 raise DataError(f"{path}: this CAM directory holds CAMs made with {key}={previous.get(key)}, "
                                 f"not {identity[key]}; use another cam.out_dir or delete the folder")
-        for key in ("scales", "flip", "flip_fusion", "resize", "dtype"):
-            if previous.get(key) != identity[key]:
-                raise DataError(f"{path}: CAMs here were made with {key}={previous.get(key)}, not "
-                                f"{identity[key]}; use another cam.out_dir")
+        for key in ("scales", "flip", "flip_fusion", "resize", "dtype", "fold_batchnorm"):
+            if previous.get(key, False) != identity.get(key, False):   # fold_batchnorm: absent = false
+                raise DataError(f"{path}: CAMs here were made with {key}={previous.get(key, False)}, not "
+                                f"{identity.get(key, False)}; use another cam.out_dir")
         if previous.get("status") == "complete":
             return
     write_json_atomic(path, {**identity, "status": "running"})
