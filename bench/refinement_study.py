@@ -6,9 +6,9 @@ runs; a re-run skips the stages already complete, so the study resumes after a k
 * ``sS/crf``: the default pipeline (classifier → CAMs → seeds → CRF masks → DeepLabV2);
 * ``sS/irn``, ``sS/irn_efficientnet``, ``sS/irn_scratch``: ``pseudo.mode=irn`` on that seed's CAMs and
   classifier (confident seeds → boundary branch → walk), then DeepLabV2 on the IRN masks, with IRN's three
-  trunk choices: this run's classifier trunk, frozen (``irn.backbone_source=classifier``); the packaged
-  ImageNet EfficientNet-Lite0, frozen (``irn=efficientnet_lite0``); the classifier's trunk architecture
-  trained from random init with the branch (``irn.backbone_source=scratch``);
+  trunk choices: this run's classifier trunk, frozen (``irn=synthetic``); the packaged ImageNet
+  EfficientNet-Lite0, frozen (``irn=efficientnet_lite0``, the default); the classifier's trunk architecture
+  trained from random init with the branch (``irn=synthetic irn.backbone_source=scratch``);
 * ``sS/emanet``: EMANet (``segmenter=emanet_synthetic``) on the CRF masks of ``sS/crf``.
 
 The jobs run in the order of ``--runs``, each over all seeds, so the first-named runs finish first.
@@ -36,8 +36,9 @@ from typing import Any
 COMMON = ["logger=csv", "trainer.enable_progress_bar=false"]
 
 
-IRN_TRUNKS = {"irn": ["irn.backbone_source=classifier"], "irn_efficientnet": ["irn=efficientnet_lite0"],
-              "irn_scratch": ["irn.backbone_source=scratch"]}
+IRN_TRUNKS = {"irn": ["irn=synthetic", "irn.backbone_source=classifier"],
+              "irn_efficientnet": ["irn=efficientnet_lite0"],
+              "irn_scratch": ["irn=synthetic", "irn.backbone_source=scratch"]}
 IRN_TRUNK_NAMES = {"irn": "classifier trunk, frozen", "irn_efficientnet": "ImageNet EfficientNet-Lite0, frozen",
                    "irn_scratch": "trained from scratch"}
 RUN_NAMES = ["crf", *IRN_TRUNKS, "emanet"]
@@ -78,10 +79,10 @@ def collect(seed: int, out: Path) -> dict[str, Any]:
     base = out / f"s{seed}"
     seeds, crf = manifest(base / "crf" / "seeds"), manifest(base / "crf" / "pseudo")
     row: dict[str, Any] = {"seed": seed}
-    if seeds:
+    if seeds.get("metrics"):
         row.update(seed_miou_best=seeds["metrics"]["best_miou"],
                    seed_miou_configured=seeds["metrics"]["miou_at_configured"])
-    if crf:
+    if crf.get("metrics"):
         row["crf_pseudo_miou"] = crf["metrics"]["miou"]
     for name in IRN_TRUNKS:
         irn_seeds, irn_train = manifest(base / name / "irn" / "seeds"), manifest(base / name / "irn" / "train")
@@ -93,7 +94,7 @@ def collect(seed: int, out: Path) -> dict[str, Any]:
             row.update({f"{name}_train_images_per_s": irn_train.get("images_per_second"),
                         f"{name}_train_seconds": irn_train.get("seconds"),
                         f"{name}_train_loss": irn_train.get("metrics", {}).get("train/loss")})
-        if walked:
+        if walked.get("metrics"):                      # a stage still running has no metrics yet
             row.update({f"{name}_pseudo_miou": walked["metrics"]["miou"],
                         f"{name}_walk_images_per_s": walked.get("walk_images_per_second")})
     for name, folder in (("deeplab_on_crf", base / "crf"), ("emanet_on_crf", base / "emanet"),

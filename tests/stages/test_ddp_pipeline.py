@@ -103,8 +103,8 @@ def test_pipeline_under_ddp_cpu_matches_single_process_validation(tmp_path: Path
     assert_same_masks(alone / "pseudo" / "masks", tmp_path / "pseudo_1p" / "masks", train_ids)
 
 
-TINY_IRN = [*TINY, "pseudo.mode=irn", "irn.max_epochs=1", "irn.batch_size=8", "irn.crop_size=64", "irn.radius=5",
-            "irn.walk.exp_times=5", "irn.seeds.num_workers=0", "pipeline=[classifier,cams,pseudo]"]
+TINY_IRN = [*TINY, "pseudo.mode=irn", "irn=synthetic", "irn.max_epochs=1", "irn.batch_size=8", "irn.crop_size=64",
+            "irn.radius=5", "irn.walk.exp_times=5", "irn.seeds.num_workers=0", "pipeline=[classifier,cams,pseudo]"]
 
 
 def test_irn_seeds_and_walk_shard_over_two_ranks_with_one_process_numbers(tmp_path: Path, cache_dir: Path) -> None:

@@ -78,14 +78,17 @@ def test_irn_settings_count_only_when_the_pseudo_stage_runs_irn(make_config) -> 
     crf = stage_identity("pseudo", make_config())
     assert not any(k.startswith("irn.") for k in crf["settings"]) and set(crf["upstream"]) == {"cams"}
     assert stage_identity("pseudo", make_config("irn.walk.beta=5"))["fingerprint"] == crf["fingerprint"]
-    irn = stage_identity("pseudo", make_config("pseudo.mode=irn"))
+    irn = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn=synthetic"))
     assert irn["settings"]["irn.walk.beta"] == 10.0 and irn["settings"]["irn.radius"] == 10
     assert "irn.out_dir" not in irn["settings"] and "irn.classifier_dir" not in irn["settings"]
     assert set(irn["upstream"]) == {"cams", "classifier"}  # the frozen trunk is the classifier's
-    beta = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn.walk.beta=5"))
+    beta = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn=synthetic", "irn.walk.beta=5"))
     assert beta["fingerprint"] != irn["fingerprint"]
-    scratch = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn.backbone_source=scratch"))
+    scratch = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn=synthetic", "irn.backbone_source=scratch"))
     assert set(scratch["upstream"]) == {"cams"}
+    default = stage_identity("pseudo", make_config("pseudo.mode=irn"))   # the ImageNet EfficientNet-Lite0 trunk
+    assert default["settings"]["irn.backbone_source"] == "imagenet"
+    assert default["settings"]["irn.backbone.name"] == "tf_efficientnet_lite0" and set(default["upstream"]) == {"cams"}
 
 
 def test_a_later_key_counts_only_away_from_its_default(make_config) -> None:

@@ -23,7 +23,7 @@ TINY_IRN = [
     *TINY_DATA, *QUIET_TRAINER,
     "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
     "cam.scales=[1.0]", "cam.num_workers=0", "cam.batch_size=8", "pseudo.num_workers=0",
-    "pseudo.mode=irn", "irn.max_epochs=2", "irn.batch_size=8", "irn.crop_size=64", "irn.radius=5",
+    "pseudo.mode=irn", "irn=synthetic", "irn.max_epochs=2", "irn.batch_size=8", "irn.crop_size=64", "irn.radius=5",
     "irn.walk.exp_times=5",
     "pipeline=[classifier,cams,pseudo]",
 ]
