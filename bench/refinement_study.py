@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vwl_lightning.utils.io import write_json_atomic, write_text_atomic
+
 COMMON = ["logger=csv", "trainer.enable_progress_bar=false"]
 
 
@@ -184,10 +186,8 @@ def main() -> None:
     rows = [collect(seed, out) for seed in args.seeds]
     text = summary_markdown(rows) + "\n" + speed_markdown(rows)
     out.mkdir(parents=True, exist_ok=True)
-    for name, content in (("summary.json", json.dumps({"seeds": rows}, indent=2)), ("summary.md", text)):
-        tmp = out / f".tmp-{name}"
-        tmp.write_text(content)
-        tmp.replace(out / name)
+    write_json_atomic(out / "summary.json", {"seeds": rows})
+    write_text_atomic(out / "summary.md", text)
     print(text)
 
 

@@ -36,9 +36,9 @@ class CamPredictor(pl.LightningModule):
         self.classifier = classifier.eval()
         self.folded_batchnorms = 0
         if fold_batchnorm:
-            probe = torch.Generator().manual_seed(0)
-            self.classifier, self.folded_batchnorms = fold_batchnorm_of(
-                self.classifier, lambda net, x: net.cam(x), torch.randn(1, 3, 64, 64, generator=probe))
+            probe = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+            self.classifier, self.folded_batchnorms = fold_batchnorm_of(self.classifier, lambda net, x: net.cam(x),
+                                                                        probe)
         self.scales = tuple(float(s) for s in scales)
         self.flip, self.flip_fusion, self.channels_last = flip, flip_fusion, channels_last
         if channels_last:

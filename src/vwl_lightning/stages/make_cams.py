@@ -72,10 +72,13 @@ def check_or_start_manifest(out_dir: Path, identity: dict[str, Any]) -> None:
             if str(previous.get(key)) != str(identity[key]):
                 raise DataError(f"{path}: this CAM directory holds CAMs made with {key}={previous.get(key)}, "
                                 f"not {identity[key]}; use another cam.out_dir or delete the folder")
+        # fold_batchnorm is recorded only when true: absent means false (folders made before the knob existed)
+        recorded = {**previous, "fold_batchnorm": previous.get("fold_batchnorm", False)}
+        wanted = {**identity, "fold_batchnorm": identity.get("fold_batchnorm", False)}
         for key in ("scales", "flip", "flip_fusion", "resize", "dtype", "fold_batchnorm"):
-            if previous.get(key, False) != identity.get(key, False):   # fold_batchnorm: absent = false
-                raise DataError(f"{path}: CAMs here were made with {key}={previous.get(key, False)}, not "
-                                f"{identity.get(key, False)}; use another cam.out_dir")
+            if recorded.get(key) != wanted[key]:
+                raise DataError(f"{path}: CAMs here were made with {key}={recorded.get(key)}, not "
+                                f"{wanted[key]}; use another cam.out_dir")
         if previous.get("status") == "complete":
             return
     write_json_atomic(path, {**identity, "status": "running"})
@@ -104,11 +107,10 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
     if module.hparams.num_classes != meta.num_foreground:
         raise DataError(f"{checkpoint}: classifier has {module.hparams.num_classes} classes but data set "
                         f"'{meta.name}' has {meta.num_foreground}")
-    if c.fold_batchnorm:
-        identity["fold_batchnorm"] = True               # absent: false (folders made before the knob existed)
     predictor = CamPredictor(module.model, c.scales, c.flip, c.flip_fusion, c.channels_last, resize,
                              bool(c.fold_batchnorm))
     if c.fold_batchnorm:
+        identity["fold_batchnorm"] = True               # absent: false (folders made before the knob existed)
         log.info("cams: %d BatchNorms folded into their convolutions", predictor.folded_batchnorms)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     precision = resolve_precision(str(c.precision), str(trainer_args.get("accelerator", "auto")))
