@@ -31,12 +31,23 @@ from vwl_lightning.utils.manifest import write_manifest
     ("pseudo.bg_score=x", "pseudo.bg_score='x': expected a number >= 0 and <= 1"),
     ("segmenter.batch_size=4.0", "segmenter.batch_size=4.0: expected an integer >= 1"),
     ("data.source.generator.num_train=many", "data.source.generator.num_train='many': expected an integer >= 1"),
+    ("model.backbone.input_scale=0", "model.backbone.input_scale=0: expected a value > 0 and <= 16"),
 ])
 def test_bad_values_are_one_line_naming_the_key(override: str, message: str, make_config) -> None:
     cfg = make_config(override)
     with pytest.raises(ConfigError) as info:
         validate_config(cfg)
     assert str(info.value) == message
+
+
+def test_irn_on_a_rescaled_classifier_trunk_is_refused(make_config) -> None:
+    """IRNet reads its trunk's levels directly, so irn=synthetic (which follows model.backbone) at
+    input_scale 2 is refused in one line; irn=efficientnet_lite0 keeps its own trunk at scale 1 and passes."""
+    with pytest.raises(ConfigError, match=r"^irn\.backbone\.input_scale=2\.0: IRNet reads"):
+        validate_config(make_config("pseudo.mode=irn", "irn=synthetic", "model.backbone.input_scale=2.0"))
+    cfg = make_config("pseudo.mode=irn", "model=efficientnet_lite0", "model.backbone.input_scale=2.0")
+    validate_config(cfg)
+    assert cfg.irn.backbone.input_scale == 1.0 and cfg.model.backbone.input_scale == 2.0
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))

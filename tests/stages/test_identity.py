@@ -101,6 +101,22 @@ def test_a_later_key_counts_only_away_from_its_default(make_config) -> None:
     assert folded["settings"]["cam.fold_batchnorm"] is True and folded["fingerprint"] != plain["fingerprint"]
 
 
+def test_the_backbone_input_scale_counts_only_away_from_its_default(make_config) -> None:
+    """model.backbone.input_scale (added later): the classifier's fingerprint is unchanged at 1, changed at 2;
+    IRN's copy of the classifier trunk (irn=synthetic) never enters a CRF pseudo-mask fingerprint."""
+    plain = stage_identity("classifier", make_config())
+    assert not any("input_scale" in key for key in plain["settings"])
+    assert stage_identity("classifier", make_config("model.backbone.input_scale=1.0"))["fingerprint"] == \
+        plain["fingerprint"]
+    scaled = stage_identity("classifier", make_config("model.backbone.input_scale=2.0"))
+    assert scaled["settings"]["model.backbone.input_scale"] == 2.0 and scaled["fingerprint"] != plain["fingerprint"]
+    crf = stage_identity("pseudo", make_config("irn=synthetic"))
+    assert stage_identity("pseudo", make_config("irn=synthetic", "model.backbone.input_scale=2.0"))["settings"] == \
+        crf["settings"]
+    irn = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn=synthetic"))
+    assert "irn.backbone.input_scale" not in irn["settings"] and "irn.backbone.name" in irn["settings"]
+
+
 def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(first_run: SimpleNamespace,
                                                                             tmp_path: Path) -> None:
     """Scenarios 1 and 2. (1) gamma=4 in the same folder: refused, one line naming the key and both values,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import QUIET_TRAINER, TINY_DATA
-from vwl_lightning.studies.ablation import MEASURES, aggregate, main
+from vwl_lightning.stages.pipeline import TIMINGS
+from vwl_lightning.studies.ablation import IRN_RUN, MEASURES, aggregate, main
 
 
 def test_aggregate_mean_and_sample_std() -> None:
@@ -54,3 +55,28 @@ def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: P
         assert after["seed_miou_best"] == before["seed_miou_best"]
         assert after["stage_seconds"] == before["stage_seconds"]
     assert again["seconds"] < blob["seconds"]
+
+
+def test_irn_masks_for_the_named_variants(tmp_path: Path, cache_dir: Path) -> None:
+    """``--irn VARIANT``: IRN pseudo masks from that variant's CAMs in ``<run>/irn_run``, their mIoU in the row
+    and the table (the manifest's), IRN's stage time in the run's compute; a variant not named has none."""
+    out = tmp_path / "ablation"
+    overrides = [*TINY_DATA, *QUIET_TRAINER, f"paths.cache_dir={cache_dir}", "model.max_epochs=1",
+                 "model.backbone.model_kwargs.channels=[8,16,32,64]", "cam.scales=[1.0]", "cam.num_workers=0",
+                 "pseudo.num_workers=0", "irn=synthetic", "irn.max_epochs=1", "irn.batch_size=8", "irn.crop_size=64",
+                 "irn.radius=5", "irn.walk.exp_times=5"]
+    assert main(["--seeds", "1", "--out", str(out), "--variants", "plain CAM", "+ hybrid pooling",
+                 "--irn", "plain CAM", "--", *overrides]) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())["runs"]}
+    plain, hybrid = rows["plain CAM"], rows["+ hybrid pooling"]
+    irn_dir = Path(plain["run_dir"]) / IRN_RUN
+    manifest = json.loads((irn_dir / "pseudo" / "manifest.json").read_text())
+    assert manifest["settings"]["pseudo.mode"] == "irn"
+    assert plain["irn_pseudo_miou"] == manifest["metrics"]["miou"] and 0.0 <= plain["irn_pseudo_miou"] <= 1.0
+    assert hybrid["irn_pseudo_miou"] is None and not (Path(hybrid["run_dir"]) / IRN_RUN).exists()
+    own = sum(json.loads((Path(plain["run_dir"]) / TIMINGS).read_text()).values())
+    irn_seconds = sum(json.loads((irn_dir / TIMINGS).read_text()).values())
+    assert plain["stage_seconds"] == pytest.approx(own + irn_seconds, abs=0.11)
+    table = (out / "ablation.md").read_text()
+    assert "| pseudo mIoU (IRN) |" in table.splitlines()[0]
+    assert f"| {100 * plain['irn_pseudo_miou']:.1f} ± 0.0 |" in table.splitlines()[2]

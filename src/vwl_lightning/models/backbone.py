@@ -23,6 +23,11 @@ inside an installed Python package, e.g. ``package:efficientnet_lite0_pytorch_mo
 **Input normalisation**: the data pipeline normalises with ``data_norm`` (ImageNet mean/std,
 ``data/transforms.py``); weights trained with another normalisation (``input_norm``, e.g. mean = std = 0.5
 for TF-ported EfficientNet-Lite) get a fixed per-channel affine map in front of the network.
+
+**Input scale** (``input_scale`` = f, not in the spec): the (normalised) image is resized bilinearly by f before
+the trunk, so an H×W image reaches it as ⌊fH + ½⌋×⌊fW + ½⌋ (a feature map f times as large at the same
+output stride). It lets an ImageNet trunk see small images at the object scale it was trained on (the
+pretrained ablation on the embedded benchmark, README); the CAMs keep the image's size.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +46,7 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.models import is_model_in_modules
 from torch import nn
 
@@ -294,6 +301,8 @@ class Backbone(nn.Module):
         input_norm: the ``{mean, std}`` the weights were trained with; ``None`` = ``data_norm``.
         data_norm: the ``{mean, std}`` the data pipeline applies (ImageNet, ``data/transforms.py``).
         model_kwargs: extra timm constructor arguments (e.g. ``channels`` for a narrow CPU ResNet).
+        input_scale: resize factor f > 0 applied to the input before the trunk (bilinear; antialiased when
+            f < 1); 1 = none (the spec).
     """
 
     def __init__(
@@ -311,8 +320,12 @@ class Backbone(nn.Module):
         input_norm: Mapping[str, Sequence[float]] | None = None,
         data_norm: Mapping[str, Sequence[float]] | None = None,
         model_kwargs: dict | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not isinstance(input_scale, (int, float)) or isinstance(input_scale, bool) or not 0 < input_scale < 16:
+            raise ConfigError(f"model.backbone.input_scale must be a number in (0, 16), got {input_scale!r}")
+        self.input_scale = float(input_scale)
         if output_stride not in STRIDE_ONE_STAGES:
             raise ConfigError(f"model.backbone.output_stride must be 8, 16 or 32, got {output_stride}")
         if pretrained not in PRETRAINED:
@@ -474,6 +487,8 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.renorm is not None:
             x = self.renorm(x)
+        if self.input_scale != 1.0:
+            x = rescale_input(x, self.input_scale)
         if not self.is_resnet:
             return self.net.forward_features(x)
         x = self.stem(x)
@@ -482,6 +497,13 @@ class Backbone(nn.Module):
             if stage == self.detach_after:
                 x = x.detach()
         return x
+
+
+def rescale_input(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` (B, C, H, W) resized to (⌊fH + ½⌋, ⌊fW + ½⌋) by bilinear interpolation (half-pixel centres;
+    antialiased when shrinking)."""
+    size = (max(1, math.floor(x.shape[-2] * factor + 0.5)), max(1, math.floor(x.shape[-1] * factor + 0.5)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1.0)
 
 
 def name_of(net: nn.Module) -> str:

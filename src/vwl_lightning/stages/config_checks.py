@@ -42,7 +42,7 @@ RULES: tuple[Rule, ...] = (
     Rule("data.source.generator.num_train", "int", 1), Rule("data.source.generator.num_val", "int", 1),
     Rule("data.source.generator.image_size", "int", 8), Rule("data.source.generator.num_classes", "int", 1),
     Rule("data.source.generator.seed", "int"), Rule("data.source.generator.cooccurrence", "float", 0, 1),
-    Rule("model.max_epochs", "int", 1),
+    Rule("model.max_epochs", "int", 1), Rule("model.backbone.input_scale", "float", 0, 16, low_open=True),
     Rule("model.checkpoint_every_n_steps", "int", 1, nullable=True),
     Rule("model.codebook.kind", "choice", choices=("none", "learned", "memory")),
     Rule("model.codebook.size", "int", 1), Rule("model.codebook.tau", "float", 0, low_open=True),
@@ -137,3 +137,8 @@ def validate_config(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> None:
     mode = OmegaConf.select(cfg, "pseudo.mode", default=None)
     if mode == "confident" and not float(cfg.pseudo.bg_thres) < float(cfg.pseudo.fg_thres):
         raise ConfigError(f"pseudo.bg_thres={cfg.pseudo.bg_thres} must be below pseudo.fg_thres={cfg.pseudo.fg_thres}")
+    irn_scale = OmegaConf.select(cfg, "irn.backbone.input_scale", default=1.0)
+    if mode == "irn" and irn_scale != 1.0:
+        raise ConfigError(f"irn.backbone.input_scale={irn_scale}: IRNet reads its trunk's levels at the image's own "
+                          "size; expected 1.0 (irn=synthetic follows model.backbone: use irn=efficientnet_lite0 or "
+                          "set irn.backbone.input_scale=1.0)")

@@ -62,7 +62,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 # keys added after the fingerprints above were first recorded: part of the settings only when not at their
 # default, so a folder made before the key existed keeps its fingerprint (as the generator's later knobs do)
 LATER_KEYS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "classifier": (("model.backbone.input_scale", 1.0),),
     "cams": (("cam.fold_batchnorm", False),),
+    "pseudo": (("irn.backbone.input_scale", 1.0),),
 }
 
 # read by a stage only in one of its modes: stage -> (mode key, mode value, extra keys); pseudo.mode=irn trains
@@ -112,18 +114,24 @@ def stage_settings(stage: str, cfg: DictConfig) -> dict[str, Any]:
     plus the :data:`LATER_KEYS` that are not at their default."""
     settings: dict[str, Any] = {}
     keys = STAGE_KEYS[stage]
+    inactive: tuple[str, ...] = ()  # keys of a mode the stage is not in (e.g. irn.* when pseudo.mode=crf)
     if stage in MODE_KEYS:
         mode_key, mode, extra = MODE_KEYS[stage]
         if str(OmegaConf.select(cfg, mode_key, default=None)) == mode:
             keys = (*keys, *extra)
+        else:
+            inactive = extra
+    later = dict(LATER_KEYS.get(stage, ()))
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
         for leaf, leaf_value in flatten({key: value}).items():
-            if not _excluded(leaf):
+            if not _excluded(leaf) and leaf not in later:
                 settings[leaf] = leaf_value
-    for key, default in LATER_KEYS.get(stage, ()):
+    for key, default in later.items():
+        if any(key == k or key.startswith(k + ".") for k in inactive):
+            continue
         value = OmegaConf.select(cfg, key, default=default)
         if value != default:
             settings[key] = value

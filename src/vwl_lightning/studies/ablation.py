@@ -1,6 +1,7 @@
 """The ablation on the embedded benchmark: does VWL + hybrid pooling beat plain CAMs? (spec §2–3)
 
-    python -m vwl_lightning.studies.ablation [--seeds 1 2 3] [--out runs/ablation] [--variants ...] [-- overrides]
+    python -m vwl_lightning.studies.ablation [--seeds 1 2 3] [--out runs/ablation] [--variants ...]
+        [--irn [VARIANT ...]] [-- overrides]
 
 The six variants of the issue (plain CAM, + hybrid pooling, + VWL-L, + VWL-M, VWL-L + hybrid pooling,
 VWL-M + hybrid pooling) and one correction that is not in the spec (the learned codebook initialised
@@ -12,6 +13,10 @@ at the configured score). For the embedded benchmark it adds the generator-side 
 (:mod:`vwl_lightning.evaluation.mechanism`), and for every codebook how many words are in use
 (:mod:`vwl_lightning.evaluation.codebook_usage`). Writes ``ablation.json``, ``ablation.md``, ``ablation.csv`` and
 ``ablation_bars.png`` into ``<out>``.
+
+``--irn [VARIANT ...]`` adds IRN pseudo masks (spec §10, ``pseudo.mode=irn``) made from the CAMs of each run of
+those variants (all when none is named), in ``<run>/irn_run`` (resumable too), and their mIoU as a column (the
+IRN trunk is the ``irn`` group's, by default the packaged ImageNet EfficientNet-Lite0).
 """
 
 from __future__ import annotations
@@ -57,7 +62,10 @@ MECHANISM = ("badge_activation", "body_activation", "badge_to_body_ratio", "spil
              "spill_other_scene")
 # how much of the codebook the word labels use (vwl_lightning.evaluation.codebook_usage); variants with a codebook
 USAGE = ("words_used", "words_per_image", "word_perplexity", "largest_word_share")
+# with --irn: mIoU of the IRN pseudo masks made from the run's CAMs
+IRN_MEASURES = ("irn_pseudo_miou",)
 DIAGNOSTICS = "diagnostics.json"
+IRN_RUN = "irn_run"
 
 
 def slug(variant: str) -> str:
@@ -73,8 +81,23 @@ def variant_config(variant: str, seed: int, run_dir: Path, overrides: Sequence[s
     return cfg
 
 
-def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    """One variant and seed: the pipeline up to pseudo masks, then the diagnostics (cached)."""
+def stage_seconds(run_dir: Path) -> float | None:
+    """Sum of the stage times recorded in ``run_dir`` by the invocation that did the work (None: none recorded)."""
+    return round(sum(read_json(run_dir / TIMINGS).values()), 1) if (run_dir / TIMINGS).is_file() else None
+
+
+def run_irn(variant: str, seed: int, run_dir: Path, overrides: Sequence[str]) -> float | None:
+    """IRN pseudo masks (``pseudo.mode=irn``) from the CAMs and classifier of ``run_dir``, in ``run_dir/irn_run``;
+    their mIoU on the pseudo-mask split."""
+    cfg = variant_config(variant, seed, run_dir / IRN_RUN, [
+        *overrides, "pseudo.mode=irn", f"pseudo.cam_dir={run_dir / 'cams'}", f"irn.cam_dir={run_dir / 'cams'}",
+        f"irn.classifier_dir={run_dir / 'classifier'}"])
+    return (run_stages(cfg, ("pseudo",))["pseudo"]["metrics"] or {}).get("miou")
+
+
+def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str], irn: bool = False) -> dict[str, Any]:
+    """One variant and seed: the pipeline up to pseudo masks (and IRN's with ``irn``), then the diagnostics
+    (cached)."""
     run_dir = out / slug(variant) / f"seed{seed}"
     cfg = variant_config(variant, seed, run_dir, overrides)
     start = time.perf_counter()
@@ -98,19 +121,20 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str]) -> dic
         write_json_atomic(cached, diagnostics)
     usage = diagnostics["codebook_usage"] or {}
     seeds, pseudo = results["seeds"], results["pseudo"]["metrics"] or {}
+    extra = {"irn_pseudo_miou": run_irn(variant, seed, run_dir, overrides) if irn else None}
+    timed = [t for t in (stage_seconds(run_dir), stage_seconds(run_dir / IRN_RUN) if irn else 0.0) if t is not None]
     return {
         "variant": variant, "seed": seed, "run_dir": str(run_dir),
         "seed_miou_best": seeds["best_miou"], "best_bg_score": seeds["best_bg_score"],
         "seed_miou_fixed": seeds["miou_at_configured"], "fixed_bg_score": seeds["configured_bg_score"],
-        "pseudo_miou": pseudo.get("miou"),
+        "pseudo_miou": pseudo.get("miou"), **extra,
         "object_completeness": diagnostics["object_completeness"],
         "background_spill": diagnostics["background_spill"],
         **{k: diagnostics.get(k) for k in MECHANISM},
         **{k: usage.get(k) for k in USAGE},
         "seconds": round(time.perf_counter() - start, 1),
-        # stage times of the run that did the work (kept when a later invocation resumes and skips)
-        "stage_seconds": round(sum(read_json(run_dir / TIMINGS).values()), 1) if (run_dir / TIMINGS).is_file()
-        else None,
+        # stage times of the runs that did the work (kept when a later invocation resumes and skips)
+        "stage_seconds": round(sum(timed), 1) if timed else None,
     }
 
 
@@ -120,7 +144,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
-        for measure in (*MEASURES, *MECHANISM, *USAGE):
+        for measure in (*MEASURES, *IRN_MEASURES, *MECHANISM, *USAGE):
             values = np.array([r[measure] for r in mine if r.get(measure) is not None], dtype=np.float64)
             entry[measure] = {"mean": float(values.mean()) if values.size else None,
                               "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
@@ -128,13 +152,21 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def shown_measures(table: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`MEASURES`, with the IRN pseudo-mask mIoU after the CRF one when any run has it."""
+    with_irn = any(e["irn_pseudo_miou"]["mean"] is not None for e in table.values())
+    return (*MEASURES[:3], *(IRN_MEASURES if with_irn else ()), *MEASURES[3:])
+
+
 def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: float) -> str:
+    shown = shown_measures(table)
+    with_irn = IRN_MEASURES[0] in shown
     head = ["variant", "CAM seed mIoU (best bg)", "CAM seed mIoU (fixed bg)", "pseudo mIoU (CRF)",
-            "object completeness", "background spill"]
+            *(["pseudo mIoU (IRN)"] if with_irn else []), "object completeness", "background spill"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for variant, entry in table.items():
         cells = [f"{100 * entry[m]['mean']:.1f} ± {100 * entry[m]['std']:.1f}" if entry[m]["mean"] is not None
-                 else "–" for m in MEASURES]
+                 else "–" for m in shown]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += ["", "Mechanism (generator truth, normalised CAMs): mean activation on the class-unique badge and on the",
               "rest of the object, their ratio (partial activation: ≫ 1), and background spill of the primary class",
@@ -172,17 +204,19 @@ def bar_chart(path: Path, table: dict[str, dict[str, Any]]) -> None:
     from matplotlib.figure import Figure
 
     labels = {"seed_miou_best": "seed mIoU (best bg)", "seed_miou_fixed": "seed mIoU (fixed bg)",
-              "pseudo_miou": "pseudo mIoU", "object_completeness": "object completeness",
+              "pseudo_miou": "pseudo mIoU (CRF)", "irn_pseudo_miou": "pseudo mIoU (IRN)",
+              "object_completeness": "object completeness",
               "background_spill": "background spill"}
     fig = Figure(figsize=(12, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(table)
+    shown = shown_measures(table)
     for k, (variant, entry) in enumerate(table.items()):
-        means = [100 * (entry[m]["mean"] or 0) for m in MEASURES]
-        stds = [100 * entry[m]["std"] for m in MEASURES]
-        ax.bar(np.arange(len(MEASURES)) + k * width, means, width, yerr=stds, capsize=2, label=variant)
-    ax.set_xticks(np.arange(len(MEASURES)) + 0.4 - width / 2, [labels[m] for m in MEASURES])
+        means = [100 * (entry[m]["mean"] or 0) for m in shown]
+        stds = [100 * entry[m]["std"] for m in shown]
+        ax.bar(np.arange(len(shown)) + k * width, means, width, yerr=stds, capsize=2, label=variant)
+    ax.set_xticks(np.arange(len(shown)) + 0.4 - width / 2, [labels[m] for m in shown])
     ax.set_ylabel("%")
     ax.set_title("Ablation on the embedded benchmark (mean ± std over seeds)")
     ax.legend(fontsize=8, ncol=3)
@@ -211,11 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    parser.add_argument("--irn", nargs="*", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                        help="also IRN pseudo masks from the CAMs of these variants' runs (none named: all)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    irn = set() if args.irn is None else set(args.irn or args.variants)
     start = time.perf_counter()
-    rows = [run_one(variant, seed, args.out, args.overrides) for variant in args.variants for seed in args.seeds]
+    rows = [run_one(variant, seed, args.out, args.overrides, irn=variant in irn) for variant in args.variants
+            for seed in args.seeds]
     write_outputs(args.out, rows, time.perf_counter() - start)
     print((args.out / "ablation.md").read_text())
     return 0
