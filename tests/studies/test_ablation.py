@@ -7,10 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from conftest import QUIET_TRAINER, TINY_DATA
+from vwl_lightning.models.backbone import Backbone
+from vwl_lightning.stages.config_checks import validate_config
 from vwl_lightning.stages.pipeline import TIMINGS
-from vwl_lightning.studies.ablation import IRN_RUN, MEASURES, aggregate, main
+from vwl_lightning.studies.ablation import IRN_RUN, MEASURES, aggregate, main, variant_config
+
+# (pooling, codebook) of each variant of the issue
+VARIANT_SWITCHES = {"plain CAM": ("gap", "none"), "+ hybrid pooling": ("hybrid", "none"), "+ VWL-L": ("gap", "learned"),
+                    "+ VWL-M": ("gap", "memory"), "VWL-L + hybrid pooling": ("hybrid", "learned"),
+                    "VWL-M + hybrid pooling": ("hybrid", "memory")}
 
 
 def test_aggregate_mean_and_sample_std() -> None:
@@ -80,3 +89,22 @@ def test_irn_masks_for_the_named_variants(tmp_path: Path, cache_dir: Path) -> No
     table = (out / "ablation.md").read_text()
     assert "| pseudo mIoU (IRN) |" in table.splitlines()[0]
     assert f"| {100 * plain['irn_pseudo_miou']:.1f} ± 0.0 |" in table.splitlines()[2]
+
+
+@pytest.mark.parametrize("variant", ["plain CAM", "+ hybrid pooling", "+ VWL-L", "+ VWL-M", "VWL-L + hybrid pooling",
+                                     "VWL-M + hybrid pooling"])
+def test_the_pretrained_ablation_config(variant: str, tmp_path: Path) -> None:
+    """``model=efficientnet_lite0_synthetic`` on top of every variant: the ImageNet EfficientNet-Lite0 with the
+    spec's recipe, the variant's pooling and codebook, a 112 px image reaching the trunk at 224 px (a 14 x 14
+    map at output stride 16), IRN's own trunk at scale 1; start-up checks pass, with pseudo.mode=irn too."""
+    cfg = variant_config(variant, 1, tmp_path, ["model=efficientnet_lite0_synthetic", "pseudo.mode=irn"])
+    validate_config(cfg)
+    expected = {k: v for k, v in zip(("pool", "codebook"), VARIANT_SWITCHES[variant], strict=True)}
+    assert cfg.model.pool.kind == expected["pool"] and cfg.model.codebook.kind == expected["codebook"]
+    assert cfg.model.backbone.name == "tf_efficientnet_lite0" and cfg.model.backbone.input_scale == 2.0
+    assert cfg.model.optim.lr == 0.01 and cfg.model.optim.momentum == 1.0e-4 and cfg.model.backbone.fixed_bn
+    assert cfg.irn.backbone.input_scale == 1.0 and cfg.irn.backbone_source == "imagenet"
+    if variant == "plain CAM":  # the network itself once: 224 px reach the trunk
+        backbone = Backbone(**OmegaConf.to_container(cfg.model.backbone, resolve=True)).eval()
+        with torch.no_grad():
+            assert backbone(torch.zeros(1, 3, 112, 112)).shape == (1, 1280, 14, 14)
