@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-full lint bench samples ablation sensitivity dials clean
+.PHONY: install run test test-full lint bench samples ablation ablation-pretrained sensitivity dials clean
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ samples: install
 # README's ablation (7 variants x 3 seeds, ~1 h 45 min of compute on 2 cores; resumable)
 ablation: install
 	$(PY) -m vwl_lightning.studies.ablation --seeds 1 2 3 --out runs/ablation -- cam.precision=32-true
+
+# README's ablation on the ImageNet EfficientNet-Lite0 (6 variants x 3 seeds, IRN masks for two of them;
+# ~2.5 h of compute on 2 cores, estimated; resumable)
+ablation-pretrained: install
+	$(PY) -m vwl_lightning.studies.ablation --seeds 1 2 3 --out runs/ablation_pretrained \
+		--variants "plain CAM" "+ hybrid pooling" "+ VWL-L" "+ VWL-M" "VWL-L + hybrid pooling" \
+		"VWL-M + hybrid pooling" --irn "plain CAM" "VWL-L + hybrid pooling" -- model=efficientnet_lite0_synthetic
 
 # README's K x gamma sensitivity sweep (9 runs, ~40 min on 2 cores)
 sensitivity: install
