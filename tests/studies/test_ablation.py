@@ -37,6 +37,9 @@ def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: P
                  *overrides]) == 0
     blob = json.loads((out / "ablation.json").read_text())
     assert len(blob["runs"]) == 4 and set(blob["variants"]) == {"plain CAM", "VWL-L + hybrid pooling"}
+    # seed-major order: a study stopped after seed 1 holds seed 1 of every variant
+    assert [(r["seed"], r["variant"]) for r in blob["runs"]] == [
+        (1, "plain CAM"), (1, "VWL-L + hybrid pooling"), (2, "plain CAM"), (2, "VWL-L + hybrid pooling")]
     for run in blob["runs"]:
         for measure in MEASURES:
             assert 0.0 <= run[measure] <= 1.0

@@ -252,8 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     irn = set() if args.irn is None else set(args.irn or args.variants)
     start = time.perf_counter()
-    rows = [run_one(variant, seed, args.out, args.overrides, irn=variant in irn) for variant in args.variants
-            for seed in args.seeds]
+    # Seed-major: a study stopped early holds whole seeds of every variant, so its partial table compares like
+    # with like; a re-run resumes from the manifests.
+    rows = [run_one(variant, seed, args.out, args.overrides, irn=variant in irn) for seed in args.seeds
+            for variant in args.variants]
     write_outputs(args.out, rows, time.perf_counter() - start)
     print((args.out / "ablation.md").read_text())
     return 0
