@@ -45,7 +45,8 @@ ablation: install
 ablation-pretrained: install
 	$(PY) -m vwl_lightning.studies.ablation --seeds 1 2 3 --out runs/ablation_pretrained \
 		--variants "plain CAM" "+ hybrid pooling" "+ VWL-L" "+ VWL-M" "VWL-L + hybrid pooling" \
-		"VWL-M + hybrid pooling" --irn "plain CAM" "VWL-L + hybrid pooling" -- model=efficientnet_lite0_synthetic
+		"VWL-M + hybrid pooling" --irn "plain CAM" "VWL-L + hybrid pooling" -- model=efficientnet_lite0_synthetic \
+		seeds.sweep.stop=0.95
 
 # README's K x gamma sensitivity sweep (9 runs, ~40 min on 2 cores)
 sensitivity: install
