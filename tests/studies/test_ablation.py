@@ -14,7 +14,15 @@ from conftest import QUIET_TRAINER, TINY_DATA
 from vwl_lightning.models.backbone import Backbone
 from vwl_lightning.stages.config_checks import validate_config
 from vwl_lightning.stages.pipeline import TIMINGS
-from vwl_lightning.studies.ablation import IRN_RUN, MEASURES, aggregate, main, variant_config
+from vwl_lightning.studies.ablation import (
+    IRN_RUN,
+    MEASURES,
+    aggregate,
+    bar_values,
+    main,
+    shown_measures,
+    variant_config,
+)
 
 # (pooling, codebook) of each variant of the issue
 VARIANT_SWITCHES = {"plain CAM": ("gap", "none"), "+ hybrid pooling": ("hybrid", "none"), "+ VWL-L": ("gap", "learned"),
@@ -27,6 +35,23 @@ def test_aggregate_mean_and_sample_std() -> None:
     table = aggregate(rows)
     assert table["a"]["seed_miou_best"]["mean"] == pytest.approx(0.5)
     assert table["a"]["seed_miou_best"]["std"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+
+
+def test_a_measure_without_a_value_gets_no_bar() -> None:
+    """IRN ran for one variant only: the other variant's bars skip the IRN column instead of drawing 0."""
+    rows = [{"variant": "a", "seed": 1, **{m: 0.5 for m in MEASURES}, "irn_pseudo_miou": 0.25},
+            {"variant": "a", "seed": 2, **{m: 0.7 for m in MEASURES}, "irn_pseudo_miou": 0.35},
+            {"variant": "b", "seed": 1, **{m: 0.4 for m in MEASURES}, "irn_pseudo_miou": None}]
+    table = aggregate(rows)
+    shown = shown_measures(table)
+    assert shown[3] == "irn_pseudo_miou"
+    x, means, stds = bar_values(table["a"], shown)
+    assert x.tolist() == [0, 1, 2, 3, 4, 5]
+    assert means[3] == pytest.approx(30.0) and stds[3] == pytest.approx(100 * np.std([0.25, 0.35], ddof=1))
+    assert means[0] == pytest.approx(60.0)
+    x, means, stds = bar_values(table["b"], shown)
+    assert x.tolist() == [0, 1, 2, 4, 5] and means.tolist() == pytest.approx([40.0] * 5)
+    assert stds.tolist() == [0.0] * 5
 
 
 def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: Path, capsys) -> None:

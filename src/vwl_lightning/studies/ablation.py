@@ -199,6 +199,14 @@ def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: 
     return "\n".join(lines) + "\n"
 
 
+def bar_values(entry: dict[str, Any], shown: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions, means and standard deviations (in %) of one variant's bars: a measure the variant has no value
+    for (IRN's mIoU where IRN did not run) gets no bar, not a bar at 0."""
+    kept = [(i, entry[m]) for i, m in enumerate(shown) if entry[m]["mean"] is not None]
+    return (np.array([i for i, _ in kept], dtype=np.float64), np.array([100 * v["mean"] for _, v in kept]),
+            np.array([100 * v["std"] for _, v in kept]))
+
+
 def bar_chart(path: Path, table: dict[str, dict[str, Any]]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -213,9 +221,8 @@ def bar_chart(path: Path, table: dict[str, dict[str, Any]]) -> None:
     width = 0.8 / len(table)
     shown = shown_measures(table)
     for k, (variant, entry) in enumerate(table.items()):
-        means = [100 * (entry[m]["mean"] or 0) for m in shown]
-        stds = [100 * entry[m]["std"] for m in shown]
-        ax.bar(np.arange(len(shown)) + k * width, means, width, yerr=stds, capsize=2, label=variant)
+        x, means, stds = bar_values(entry, shown)
+        ax.bar(x + k * width, means, width, yerr=stds, capsize=2, label=variant)
     ax.set_xticks(np.arange(len(shown)) + 0.4 - width / 2, [labels[m] for m in shown])
     ax.set_ylabel("%")
     ax.set_title("Ablation on the embedded benchmark (mean ± std over seeds)")
