@@ -20,6 +20,7 @@ from vwl_lightning.studies.ablation import (
     aggregate,
     bar_values,
     main,
+    seed_miou_vs_val_map,
     shown_measures,
     variant_config,
 )
@@ -39,19 +40,32 @@ def test_aggregate_mean_and_sample_std() -> None:
 
 def test_a_measure_without_a_value_gets_no_bar() -> None:
     """IRN ran for one variant only: the other variant's bars skip the IRN column instead of drawing 0."""
-    rows = [{"variant": "a", "seed": 1, **{m: 0.5 for m in MEASURES}, "irn_pseudo_miou": 0.25},
-            {"variant": "a", "seed": 2, **{m: 0.7 for m in MEASURES}, "irn_pseudo_miou": 0.35},
-            {"variant": "b", "seed": 1, **{m: 0.4 for m in MEASURES}, "irn_pseudo_miou": None}]
+    rows = [{"variant": "a", "seed": 1, **{m: 0.5 for m in MEASURES}, "irn_pseudo_miou": 0.25,
+             "classifier_val_map": 0.8},
+            {"variant": "a", "seed": 2, **{m: 0.7 for m in MEASURES}, "irn_pseudo_miou": 0.35,
+             "classifier_val_map": 0.9},
+            {"variant": "b", "seed": 1, **{m: 0.4 for m in MEASURES}, "irn_pseudo_miou": None,
+             "classifier_val_map": 0.6}]
     table = aggregate(rows)
     shown = shown_measures(table)
-    assert shown[3] == "irn_pseudo_miou"
+    assert shown[3] == "irn_pseudo_miou" and shown[-1] == "classifier_val_map"
     x, means, stds = bar_values(table["a"], shown)
-    assert x.tolist() == [0, 1, 2, 3, 4, 5]
+    assert x.tolist() == [0, 1, 2, 3, 4, 5, 6] and means[6] == pytest.approx(85.0)
     assert means[3] == pytest.approx(30.0) and stds[3] == pytest.approx(100 * np.std([0.25, 0.35], ddof=1))
     assert means[0] == pytest.approx(60.0)
     x, means, stds = bar_values(table["b"], shown)
-    assert x.tolist() == [0, 1, 2, 4, 5] and means.tolist() == pytest.approx([40.0] * 5)
-    assert stds.tolist() == [0.0] * 5
+    assert x.tolist() == [0, 1, 2, 4, 5, 6] and means.tolist() == pytest.approx([40.0] * 5 + [60.0])
+    assert stds.tolist() == [0.0] * 6
+
+
+def test_seed_miou_against_val_map_correlation() -> None:
+    """Pearson r by hand: x = (0.4, 0.5, 0.9), y = (0.6, 0.8, 0.9): deviations (-0.2, -0.1, 0.3) and
+    (-1/6, 1/30, 2/15); cross sum 0.07, squares 0.14 and 0.14 / 3; r = 0.07 / sqrt(0.14² / 3) = sqrt(3) / 2."""
+    rows = [{"seed_miou_best": x, "classifier_val_map": y} for x, y in ((0.4, 0.6), (0.5, 0.8), (0.9, 0.9))]
+    assert seed_miou_vs_val_map(rows) == pytest.approx(np.sqrt(3) / 2, abs=1e-12)
+    assert seed_miou_vs_val_map(rows[:2]) is None  # fewer than 3 runs
+    no_map = {"seed_miou_best": 0.7, "classifier_val_map": None}  # a run without a mAP is left out
+    assert seed_miou_vs_val_map([*rows, no_map]) == pytest.approx(np.sqrt(3) / 2, abs=1e-12)
 
 
 def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: Path, capsys) -> None:
@@ -82,6 +96,12 @@ def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: P
     assert "| VWL-L + hybrid pooling |" in (out / "ablation.md").read_text()
     assert "plain CAM" in capsys.readouterr().out
     assert all(run["stage_seconds"] > 0 for run in blob["runs"])
+    for run in blob["runs"]:  # the classifier's last validation mAP, from its manifest
+        manifest = json.loads((Path(run["run_dir"]) / "classifier" / "manifest.json").read_text())
+        assert run["classifier_val_map"] == manifest["metrics"]["val/mAP"] and 0 < run["classifier_val_map"] <= 1
+    assert blob["seed_miou_vs_val_map_r"] == pytest.approx(np.corrcoef(
+        [r["seed_miou_best"] for r in blob["runs"]], [r["classifier_val_map"] for r in blob["runs"]])[0, 1])
+    assert "classifier val mAP" in (out / "ablation.md").read_text().splitlines()[0]
     assert blob["compute_seconds"] == pytest.approx(sum(run["stage_seconds"] for run in blob["runs"]))
 
     # a second invocation resumes: every stage is skipped, the results and the recorded stage times stay

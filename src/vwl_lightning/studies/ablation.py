@@ -9,7 +9,8 @@ from feature directions) × seeds, each run through classifier → CAMs → seed
 run directory (``<out>/<variant>/seed<k>``, resumable: finished stages are skipped). Reported per variant,
 mean ± standard deviation over seeds: CAM seed mIoU at the best and at the configured background score,
 pseudo-mask mIoU after CRF, object completeness and background spill (:mod:`vwl_lightning.evaluation.diagnostics`,
-at the configured score). For the embedded benchmark it adds the generator-side mechanism checks
+at the configured score), the classifier's validation mAP, and Pearson r between seed mIoU and that mAP over the
+runs. For the embedded benchmark it adds the generator-side mechanism checks
 (:mod:`vwl_lightning.evaluation.mechanism`), and for every codebook how many words are in use
 (:mod:`vwl_lightning.evaluation.codebook_usage`). Writes ``ablation.json``, ``ablation.md``, ``ablation.csv`` and
 ``ablation_bars.png`` into ``<out>``.
@@ -42,6 +43,7 @@ from vwl_lightning.modules.classifier import load_classifier
 from vwl_lightning.stages.pipeline import TIMINGS, run_stages
 from vwl_lightning.utils.config import config_dir
 from vwl_lightning.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from vwl_lightning.utils.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ MECHANISM = ("badge_activation", "body_activation", "badge_to_body_ratio", "spil
 USAGE = ("words_used", "words_per_image", "word_perplexity", "largest_word_share")
 # with --irn: mIoU of the IRN pseudo masks made from the run's CAMs
 IRN_MEASURES = ("irn_pseudo_miou",)
+# the classifier's validation mAP after its last epoch (its manifest): how far each classifier got in its budget
+CLASSIFIER_MEASURES = ("classifier_val_map",)
 DIAGNOSTICS = "diagnostics.json"
 IRN_RUN = "irn_run"
 
@@ -122,6 +126,8 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str], irn: b
     usage = diagnostics["codebook_usage"] or {}
     seeds, pseudo = results["seeds"], results["pseudo"]["metrics"] or {}
     extra = {"irn_pseudo_miou": run_irn(variant, seed, run_dir, overrides) if irn else None}
+    classifier = read_manifest(run_dir / "classifier") or {}
+    extra["classifier_val_map"] = (classifier.get("metrics") or {}).get("val/mAP")
     timed = [t for t in (stage_seconds(run_dir), stage_seconds(run_dir / IRN_RUN) if irn else 0.0) if t is not None]
     return {
         "variant": variant, "seed": seed, "run_dir": str(run_dir),
@@ -144,7 +150,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
-        for measure in (*MEASURES, *IRN_MEASURES, *MECHANISM, *USAGE):
+        for measure in (*MEASURES, *IRN_MEASURES, *CLASSIFIER_MEASURES, *MECHANISM, *USAGE):
             values = np.array([r[measure] for r in mine if r.get(measure) is not None], dtype=np.float64)
             entry[measure] = {"mean": float(values.mean()) if values.size else None,
                               "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
@@ -155,14 +161,26 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def shown_measures(table: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     """:data:`MEASURES`, with the IRN pseudo-mask mIoU after the CRF one when any run has it."""
     with_irn = any(e["irn_pseudo_miou"]["mean"] is not None for e in table.values())
-    return (*MEASURES[:3], *(IRN_MEASURES if with_irn else ()), *MEASURES[3:])
+    return (*MEASURES[:3], *(IRN_MEASURES if with_irn else ()), *MEASURES[3:], *CLASSIFIER_MEASURES)
 
 
-def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: float) -> str:
+def seed_miou_vs_val_map(rows: list[dict[str, Any]]) -> float | None:
+    """Pearson r between CAM seed mIoU (best bg) and classifier validation mAP over the runs (None: < 3 runs
+    with both, or no spread): does a variant's seed mIoU follow how far its classifier got?"""
+    pairs = np.array([(r["seed_miou_best"], r["classifier_val_map"]) for r in rows
+                      if r.get("classifier_val_map") is not None], dtype=np.float64).reshape(-1, 2)
+    if len(pairs) < 3 or np.any(pairs.std(axis=0) == 0):
+        return None
+    return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
+
+
+def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: float,
+             map_correlation: float | None = None) -> str:
     shown = shown_measures(table)
     with_irn = IRN_MEASURES[0] in shown
     head = ["variant", "CAM seed mIoU (best bg)", "CAM seed mIoU (fixed bg)", "pseudo mIoU (CRF)",
-            *(["pseudo mIoU (IRN)"] if with_irn else []), "object completeness", "background spill"]
+            *(["pseudo mIoU (IRN)"] if with_irn else []), "object completeness", "background spill",
+            "classifier val mAP"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for variant, entry in table.items():
         cells = [f"{100 * entry[m]['mean']:.1f} ± {100 * entry[m]['std']:.1f}" if entry[m]["mean"] is not None
@@ -196,6 +214,9 @@ def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: 
     lines.append(f"First table in %, mean ± standard deviation over seeds {next(iter(table.values()))['seeds']}; "
                  f"compute time {compute_seconds / 60:.1f} min (sum of every run's stage times), wall time of "
                  f"this invocation {seconds / 60:.1f} min.")
+    if map_correlation is not None:
+        lines.append(f"Pearson r between CAM seed mIoU (best bg) and classifier val mAP over the runs: "
+                     f"{map_correlation:.2f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +235,7 @@ def bar_chart(path: Path, table: dict[str, dict[str, Any]]) -> None:
     labels = {"seed_miou_best": "seed mIoU (best bg)", "seed_miou_fixed": "seed mIoU (fixed bg)",
               "pseudo_miou": "pseudo mIoU (CRF)", "irn_pseudo_miou": "pseudo mIoU (IRN)",
               "object_completeness": "object completeness",
-              "background_spill": "background spill"}
+              "background_spill": "background spill", "classifier_val_map": "classifier val mAP"}
     fig = Figure(figsize=(12, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -235,14 +256,16 @@ def bar_chart(path: Path, table: dict[str, dict[str, Any]]) -> None:
 def write_outputs(out: Path, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     table = aggregate(rows)
     compute_seconds = sum(r["stage_seconds"] or 0.0 for r in rows)
+    correlation = seed_miou_vs_val_map(rows)
     write_json_atomic(out / "ablation.json", {"variants": table, "runs": rows, "seconds": seconds,
-                                              "compute_seconds": compute_seconds})
+                                              "compute_seconds": compute_seconds,
+                                              "seed_miou_vs_val_map_r": correlation})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "ablation.csv", buffer.getvalue())
-    write_text_atomic(out / "ablation.md", markdown(table, seconds, compute_seconds))
+    write_text_atomic(out / "ablation.md", markdown(table, seconds, compute_seconds, correlation))
     bar_chart(out / "ablation_bars.png", table)
     return table
 
