@@ -125,9 +125,8 @@ def run_one(variant: str, seed: int, out: Path, overrides: Sequence[str], irn: b
         write_json_atomic(cached, diagnostics)
     usage = diagnostics["codebook_usage"] or {}
     seeds, pseudo = results["seeds"], results["pseudo"]["metrics"] or {}
-    extra = {"irn_pseudo_miou": run_irn(variant, seed, run_dir, overrides) if irn else None}
-    classifier = read_manifest(run_dir / "classifier") or {}
-    extra["classifier_val_map"] = (classifier.get("metrics") or {}).get("val/mAP")
+    extra = {"irn_pseudo_miou": run_irn(variant, seed, run_dir, overrides) if irn else None,
+             "classifier_val_map": ((read_manifest(run_dir / "classifier") or {}).get("metrics") or {}).get("val/mAP")}
     timed = [t for t in (stage_seconds(run_dir), stage_seconds(run_dir / IRN_RUN) if irn else 0.0) if t is not None]
     return {
         "variant": variant, "seed": seed, "run_dir": str(run_dir),
@@ -159,7 +158,8 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def shown_measures(table: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    """:data:`MEASURES`, with the IRN pseudo-mask mIoU after the CRF one when any run has it."""
+    """:data:`MEASURES`, with the IRN pseudo-mask mIoU after the CRF one when any run has it, then the classifier's
+    validation mAP."""
     with_irn = any(e["irn_pseudo_miou"]["mean"] is not None for e in table.values())
     return (*MEASURES[:3], *(IRN_MEASURES if with_irn else ()), *MEASURES[3:], *CLASSIFIER_MEASURES)
 
@@ -174,8 +174,9 @@ def seed_miou_vs_val_map(rows: list[dict[str, Any]]) -> float | None:
     return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1])
 
 
-def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: float,
+def markdown(table: dict[str, dict[str, Any]], seconds: float | None, compute_seconds: float,
              map_correlation: float | None = None) -> str:
+    """The study's tables; ``seconds`` (this invocation's wall time) is left out when None (pooled studies)."""
     shown = shown_measures(table)
     with_irn = IRN_MEASURES[0] in shown
     head = ["variant", "CAM seed mIoU (best bg)", "CAM seed mIoU (fixed bg)", "pseudo mIoU (CRF)",
@@ -212,8 +213,8 @@ def markdown(table: dict[str, dict[str, Any]], seconds: float, compute_seconds: 
                          f"{e['largest_word_share']['mean']:.2f} ± {e['largest_word_share']['std']:.2f} |")
     lines.append("")
     lines.append(f"First table in %, mean ± standard deviation over seeds {next(iter(table.values()))['seeds']}; "
-                 f"compute time {compute_seconds / 60:.1f} min (sum of every run's stage times), wall time of "
-                 f"this invocation {seconds / 60:.1f} min.")
+                 f"compute time {compute_seconds / 60:.1f} min (sum of every run's stage times)"
+                 + (f", wall time of this invocation {seconds / 60:.1f} min." if seconds is not None else "."))
     if map_correlation is not None:
         lines.append(f"Pearson r between CAM seed mIoU (best bg) and classifier val mAP over the runs: "
                      f"{map_correlation:.2f}.")
