@@ -40,8 +40,8 @@ def test_wheel_holds_every_config_and_the_license(installed: tuple[Path, Path]) 
     wheel, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n.split("vwl_lightning/conf/", 1)[1] for n in names if "vwl_lightning/conf/" in n}
-    source = {str(p.relative_to(REPO / "src" / "vwl_lightning" / "conf"))
-              for p in (REPO / "src" / "vwl_lightning" / "conf").rglob("*.yaml")}
+    source = {str(p.relative_to(REPO / "conf"))
+              for p in (REPO / "conf").rglob("*.yaml")}
     assert source and source <= shipped, sorted(source - shipped)
     assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     assert not any(n.startswith("tests/") for n in names)

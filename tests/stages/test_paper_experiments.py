@@ -33,7 +33,7 @@ def paper_config(make_config, experiment: str, *overrides: str):
 
 
 def test_the_paper_experiments_exist() -> None:
-    folder = Path(__file__).parents[2] / "src" / "vwl_lightning" / "conf" / "experiment"
+    folder = Path(__file__).parents[2] / "conf" / "experiment"
     for name in PAPER_EXPERIMENTS:
         text = (folder / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_"), name

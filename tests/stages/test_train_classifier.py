@@ -20,7 +20,7 @@ from vwl_lightning.models.pooling import GlobalAveragePooling, HybridPooling
 from vwl_lightning.stages.train_classifier import build_datamodule, build_module, train_classifier
 from vwl_lightning.utils.manifest import read_manifest
 
-EXPERIMENT_DIR = Path(__file__).parents[2] / "src" / "vwl_lightning" / "conf" / "experiment"
+EXPERIMENT_DIR = Path(__file__).parents[2] / "conf" / "experiment"
 EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
 
 

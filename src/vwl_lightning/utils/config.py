@@ -1,5 +1,5 @@
-"""Where the Hydra configs live (``src/vwl_lightning/conf/`` inside the package), and the resolver that names
-the default run folder."""
+"""Where the Hydra configs live (the top-level ``conf/`` of a checkout, ``vwl_lightning/conf/`` inside an installed
+wheel), and the resolver that names the default run folder."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import hashlib
 import re
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PACKAGE_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # a wheel install: vwl_lightning/conf/
+CHECKOUT_CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # a checkout (editable install): <repo>/conf/
 RUN_TAG_RESOLVER = "vwl_run_tag"
 READABLE_TAG = re.compile(r"^[A-Za-z0-9_.=,+\-\[\]]{1,80}$")
 
 
 def config_dir() -> str:
-    """The package's ``conf/`` folder (shipped inside the package, so a built wheel has it too)."""
-    if not (CONF_DIR / "config.yaml").is_file():
-        raise FileNotFoundError(f"{CONF_DIR / 'config.yaml'}: the package's configs are missing; "
-                                "reinstall vwl_lightning")
-    return str(CONF_DIR)
+    """The ``conf/`` folder: the installed package's own (a wheel ships it), else the checkout's top-level one."""
+    for folder in (PACKAGE_CONF_DIR, CHECKOUT_CONF_DIR):
+        if (folder / "config.yaml").is_file():
+            return str(folder)
+    raise FileNotFoundError(f"{PACKAGE_CONF_DIR / 'config.yaml'}: the package's configs are missing; "
+                            "reinstall vwl_lightning")
 
 
 def run_tag(override_dirname: str) -> str:
