@@ -52,6 +52,7 @@ from torch import nn
 
 from vwl_lightning.errors import ConfigError, DataError, load_error_text
 from vwl_lightning.models.frozen_bn import batchnorm_to_eval
+from vwl_lightning.utils.instantiate import ArgumentError, require_choice, require_number
 
 log = logging.getLogger(__name__)
 
@@ -268,14 +269,14 @@ class InputRenorm(nn.Module):
         return x * self.scale + self.shift
 
 
-def check_norm(norm: Any, key: str) -> dict[str, tuple[float, ...]]:
-    """A ``{mean, std}`` mapping of three numbers each (std > 0); ConfigError naming ``key`` otherwise."""
+def check_norm(norm: Any, name: str) -> dict[str, tuple[float, ...]]:
+    """A ``{mean, std}`` mapping of three numbers each (std > 0); ArgumentError naming ``name`` otherwise."""
     try:
         values = {k: tuple(float(v) for v in norm[k]) for k in ("mean", "std")}
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{key} must be {{mean: [r, g, b], std: [r, g, b]}}, got {norm!r}") from None
+        raise ArgumentError(name, norm, "{mean: [r, g, b], std: [r, g, b]}") from None
     if any(len(v) != 3 for v in values.values()) or min(values["std"]) <= 0:
-        raise ConfigError(f"{key} needs three means and three positive stds, got {norm!r}")
+        raise ArgumentError(name, norm, "three means and three positive stds")
     return values
 
 
@@ -323,50 +324,21 @@ class Backbone(nn.Module):
         input_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(input_scale, (int, float)) or isinstance(input_scale, bool) or not 0 < input_scale < 16:
-            raise ConfigError(f"model.backbone.input_scale must be a number in (0, 16), got {input_scale!r}")
+        self.check_arguments(name, output_stride, dilate, detach_after, pretrained, weights_path, weights_format,
+                             input_norm, data_norm, input_scale)
         self.input_scale = float(input_scale)
-        if output_stride not in STRIDE_ONE_STAGES:
-            raise ConfigError(f"model.backbone.output_stride must be 8, 16 or 32, got {output_stride}")
-        if pretrained not in PRETRAINED:
-            raise ConfigError(f"model.backbone.pretrained must be none, hub or file, got {pretrained!r}")
-        if weights_format not in WEIGHTS_FORMATS:
-            raise ConfigError(f"model.backbone.weights_format must be one of {WEIGHTS_FORMATS}, "
-                              f"got {weights_format!r}")
-        if not timm.is_model(name) or "." in name:
-            kind = "ResNet " if name.startswith("resnet") else ""
-            known = ", ".join(m for m in timm.list_models("resnet*") if m.count("_") == 0)
-            raise ConfigError(f"model.backbone.name: unknown {kind}backbone {name!r}; expected a timm model name "
-                              f"without tag (e.g. {known}, tf_efficientnet_lite0)")
         # timm's ResNet family (resnet*, resnext*, seresnet*, wide_resnet*): conv1/bn1/act1/maxpool + layer1-4
         self.is_resnet = is_model_in_modules(name, ["resnet", "resnest"])
-        if detach_after is not None:
-            if not self.is_resnet:
-                raise ConfigError(f"model.backbone.detach_after is for ResNet backbones only ({name} has no "
-                                  f"layer1-4); set it to null")
-            if detach_after not in RESNET_STAGES:
-                raise ConfigError(f"model.backbone.detach_after must be one of {RESNET_STAGES} or null, "
-                                  f"got {detach_after!r}")
-        if not self.is_resnet and not dilate and output_stride != 32:
-            raise ConfigError(f"model.backbone.output_stride={output_stride} for {name} needs "
-                              "model.backbone.dilate=true (only ResNet stages have the no-dilation variant)")
-        if weights_format == "torchvision" and not self.is_resnet:
-            raise ConfigError(f"model.backbone.weights_format=torchvision is for ResNet checkpoints; {name} "
-                              "needs timm, efficientnet_pytorch or auto")
         if _CHECKPOINT_REBUILDS:
             pretrained = "none"
-        data_norm = check_norm(data_norm or IMAGENET_NORM, "model.backbone.data_norm")
-        input_norm = data_norm if input_norm is None else check_norm(input_norm, "model.backbone.input_norm")
+        data_norm = check_norm(data_norm or IMAGENET_NORM, "data_norm")
+        input_norm = data_norm if input_norm is None else check_norm(input_norm, "input_norm")
         self.renorm = InputRenorm(data_norm, input_norm) if input_norm != data_norm else None
 
         net = self._create(name, pretrained, hub_tag, output_stride if dilate and output_stride != 32 else None,
                            dict(model_kwargs or {}))
         self.weights_sha256: str | None = None
         if pretrained == "file":
-            if not weights_path:
-                raise ConfigError("model.backbone.pretrained=file needs model.backbone.weights_path: a local "
-                                  "timm or torchvision checkpoint (e.g. resnet101-5d3b4d8f.pth) or "
-                                  "package:MODULE for weights shipped in a Python package")
             self.load_weights(net, weights_path, weights_format)
         if self.is_resnet and not dilate:
             for stage in STRIDE_ONE_STAGES[output_stride]:
@@ -375,7 +347,8 @@ class Backbone(nn.Module):
             try:
                 module = net.get_submodule(module_name)
             except AttributeError:
-                raise ConfigError(f"model.backbone.frozen: {name} has no module {module_name!r}") from None
+                raise ArgumentError("frozen", list(frozen), f"names of modules of {name}; it has no "
+                                    f"{module_name!r}") from None
             for parameter in module.parameters():
                 parameter.requires_grad_(False)
         if detach_after is not None:
@@ -399,6 +372,38 @@ class Backbone(nn.Module):
             self._check_feature_map(name)
         self.train(self.training)  # applies fixed_bn now, before any forward
 
+    @classmethod
+    def check_arguments(cls, name: str, output_stride: int, dilate: bool, detach_after: str | None,
+                        pretrained: str, weights_path: str | None, weights_format: str,
+                        input_norm: Mapping[str, Sequence[float]] | None,
+                        data_norm: Mapping[str, Sequence[float]] | None, input_scale: float) -> None:
+        """Every check of the arguments that needs no network built (start-up checks call it too)."""
+        require_number("input_scale", input_scale, 0, 16, low_open=True, high_open=True)
+        require_choice("output_stride", output_stride, tuple(STRIDE_ONE_STAGES))
+        require_choice("pretrained", pretrained, PRETRAINED)
+        require_choice("weights_format", weights_format, WEIGHTS_FORMATS)
+        if not isinstance(name, str) or not timm.is_model(name) or "." in name:
+            known = ", ".join(m for m in timm.list_models("resnet*") if m.count("_") == 0)
+            raise ArgumentError("name", name, f"a timm model name without tag (e.g. {known}, tf_efficientnet_lite0)")
+        is_resnet = is_model_in_modules(name, ["resnet", "resnest"])
+        if detach_after is not None:
+            if not is_resnet:
+                raise ArgumentError("detach_after", detach_after, f"null: {name} has no layer1-4 (ResNet only)")
+            require_choice("detach_after", detach_after, RESNET_STAGES)
+        if not is_resnet and not dilate and output_stride != 32:
+            raise ArgumentError("dilate", dilate, f"true for output_stride={output_stride} with {name} (only "
+                                "ResNet stages have the no-dilation variant)")
+        if weights_format == "torchvision" and not is_resnet:
+            raise ArgumentError("weights_format", weights_format, f"timm, efficientnet_pytorch or auto for {name} "
+                                "(torchvision is for ResNet checkpoints)")
+        if pretrained == "file" and not weights_path:
+            raise ArgumentError("weights_path", weights_path, "a local timm or torchvision checkpoint (e.g. "
+                                "resnet101-5d3b4d8f.pth) or package:MODULE for weights shipped in a Python "
+                                "package, since pretrained=file")
+        check_norm(data_norm or IMAGENET_NORM, "data_norm")
+        if input_norm is not None:
+            check_norm(input_norm, "input_norm")
+
     @staticmethod
     def _create(name: str, pretrained: str, hub_tag: str | None, output_stride: int | None,
                 kwargs: dict[str, Any]) -> nn.Module:
@@ -413,7 +418,7 @@ class Backbone(nn.Module):
             arch = f"{name}.{hub_tag}"
             if not timm.list_pretrained(arch):
                 tags = [m.split(".", 1)[1] for m in timm.list_pretrained(f"{name}.*")]
-                raise ConfigError(f"model.backbone.hub_tag: timm has no weights {arch!r}; tags of {name}: {tags}")
+                raise ArgumentError("hub_tag", hub_tag, f"a timm weights tag of {name}: one of {tags}")
 
         def build(with_weights: bool) -> nn.Module:
             return timm.create_model(arch, pretrained=with_weights, num_classes=0, global_pool="", **kwargs)
@@ -428,12 +433,11 @@ class Backbone(nn.Module):
         try:
             build(False)
         except Exception as exc:  # noqa: BLE001 - a constructor failure is a config problem
-            raise ConfigError(f"model.backbone: cannot build {name} with {kwargs}: {exc}") from None
-        raise ConfigError(
-            f"model.backbone.pretrained=hub: could not fetch {arch} weights from the timm hub ({first_error}); "
-            "offline, set model.backbone.pretrained=file and model.backbone.weights_path to a local timm or "
-            "torchvision checkpoint (e.g. torchvision's resnet101-5d3b4d8f.pth, copied from a machine online)"
-        )
+            raise ArgumentError("model_kwargs", kwargs, f"arguments timm accepts for {name} ({exc})") from None
+        raise ArgumentError(
+            "pretrained", pretrained, f"file with weights_path set to a local timm or torchvision checkpoint "
+            f"(e.g. torchvision's resnet101-5d3b4d8f.pth, copied from a machine online): {arch} could not be "
+            f"fetched from the timm hub ({first_error})")
 
     def _check_feature_map(self, name: str) -> None:
         """A non-ResNet model must give a (B, C, H/os, W/os) map (e.g. not a ViT's token sequence)."""
@@ -444,14 +448,14 @@ class Backbone(nn.Module):
             with torch.no_grad():
                 features = self.net.forward_features(torch.zeros(1, 3, 64, 64))
         except Exception as exc:  # noqa: BLE001 - e.g. a ViT that needs its fixed input size
-            raise ConfigError(f"model.backbone.name: {name}'s forward_features fails on a 64x64 input "
-                              f"({type(exc).__name__}: {exc}); expected a CNN giving a feature map") from None
+            raise ArgumentError("name", name, f"a CNN giving a feature map; its forward_features fails on a "
+                                f"64x64 input ({type(exc).__name__}: {exc})") from None
         finally:
             self.train(was_training)
         if features.ndim != 4 or features.shape[1] != self.out_channels or features.shape[-2:] != (side, side):
-            raise ConfigError(f"model.backbone.name: {name}'s forward_features gives {tuple(features.shape)} for a "
-                              f"64x64 input, not a ({self.out_channels}, {side}, {side}) map at output stride "
-                              f"{self.output_stride}")
+            raise ArgumentError("name", name, f"a CNN giving a ({self.out_channels}, {side}, {side}) map at "
+                                f"output stride {self.output_stride} for a 64x64 input, not "
+                                f"{tuple(features.shape)}")
 
     def train(self, mode: bool = True) -> Backbone:
         """Train/eval mode; with ``fixed_bn`` every BatchNorm (any subclass) stays in eval mode (spec §1)."""

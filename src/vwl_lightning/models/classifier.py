@@ -7,6 +7,7 @@ optional visual-words codebook, and the CAM read out of the same classifier weig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,12 @@ from torch import nn
 
 from vwl_lightning.models.backbone import Backbone
 from vwl_lightning.models.codebook import CodebookOutput, MemoryBankCodebook
+
+
+def cam_head(in_channels: int, num_classes: int, bias: bool = False) -> nn.Conv2d:
+    """The classifier W_cls (spec §1): a 1×1 convolution from D features to C classes, bias-free so that its
+    weights alone make the CAM."""
+    return nn.Conv2d(in_channels, num_classes, kernel_size=1, bias=bias)
 
 
 @dataclass
@@ -31,16 +38,17 @@ class VWLClassifier(nn.Module):
         pooling: ``GlobalAveragePooling`` (plain CAM) or ``HybridPooling``.
         codebook: ``LearnedCodebook``, ``MemoryBankCodebook`` or ``None``.
         num_classes: foreground classes C.
+        head: builds the classifier from ``(D, C)`` (default :func:`cam_head`).
     """
 
     def __init__(self, backbone: Backbone, pooling: nn.Module, codebook: nn.Module | None,
-                 num_classes: int) -> None:
+                 num_classes: int, head: Callable[[int, int], nn.Conv2d] = cam_head) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.codebook = codebook
         self.num_classes = num_classes
-        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, kernel_size=1, bias=False)
+        self.classifier = head(backbone.out_channels, num_classes)
 
     def new_layers(self) -> list[nn.Module]:
         """Modules trained from scratch (the 10× learning-rate group, spec §4)."""

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vwl_lightning.errors import ConfigError
+from vwl_lightning.utils.instantiate import require_choice, require_number
 
 
 @dataclass
@@ -82,10 +82,8 @@ def sample_rows(flat: torch.Tensor, count: int, generator: torch.Generator | Non
 
 
 def _check_common(size: int, tau: float) -> None:
-    if size <= 0:
-        raise ConfigError(f"model.codebook.size must be a positive number of visual words, got {size}")
-    if tau <= 0:
-        raise ConfigError(f"model.codebook.tau must be > 0 (softmax temperature), got {tau}")
+    require_number("size", size, 1, integer=True)
+    require_number("tau", tau, 0, low_open=True)
 
 
 class _VisualWords(nn.Module):
@@ -93,7 +91,6 @@ class _VisualWords(nn.Module):
 
     def __init__(self, size: int, dim: int, tau: float) -> None:
         super().__init__()
-        _check_common(size, tau)
         self.size = size
         self.dim = dim
         self.tau = tau
@@ -112,7 +109,7 @@ class LearnedCodebook(_VisualWords):
     """VWL-L: a learned codebook (spec §2.2), trained through the w2i head and the decov loss only.
 
     Args:
-        size: K, the number of visual words (``model.codebook.size``).
+        size: K, the number of visual words.
         dim: D, the feature channels.
         num_classes: foreground classes of the w2i head.
         tau: softmax temperature τ of the soft assignment.
@@ -125,9 +122,8 @@ class LearnedCodebook(_VisualWords):
     """
 
     def __init__(self, size: int, dim: int, num_classes: int, tau: float = 1.0, init: str = "kaiming") -> None:
+        self.check_arguments(size, tau, init)
         super().__init__(size, dim, tau)
-        if init not in ("kaiming", "features"):
-            raise ConfigError(f"model.codebook.init must be kaiming or features, got {init!r}")
         self.init = init
         weight = torch.empty(size, dim, 1, 1)
         nn.init.kaiming_normal_(weight, a=math.sqrt(5))  # std = sqrt(1/3)/sqrt(D) ≈ 0.0128 for D = 2048
@@ -135,6 +131,11 @@ class LearnedCodebook(_VisualWords):
         self.w2i_head = nn.Linear(size, num_classes, bias=False)  # W_a
         if init == "features":  # saved in the checkpoint, so a resumed run does not draw again
             self.register_buffer("initialised", torch.tensor(False))
+
+    @classmethod
+    def check_arguments(cls, size: int, tau: float, init: str) -> None:
+        _check_common(size, tau)
+        require_choice("init", init, ("kaiming", "features"))
 
     def codewords(self) -> torch.Tensor:
         return self.codebook
@@ -181,15 +182,19 @@ class MemoryBankCodebook(_VisualWords):
 
     def __init__(self, size: int, dim: int, ema_rate: float = 1e-3, tau: float = 1.0,
                  count_epsilon: float = 1e-4) -> None:
+        self.check_arguments(size, tau, ema_rate)
         super().__init__(size, dim, tau)
-        if not 0.0 < ema_rate <= 1.0:
-            raise ConfigError(f"model.codebook.ema_rate must be in (0, 1], got {ema_rate}")
         self.ema_rate = ema_rate
         self.count_epsilon = count_epsilon
         weight = torch.empty(size, dim, 1, 1)
         nn.init.kaiming_normal_(weight, a=math.sqrt(5))
         self.register_buffer("bank", weight.view(size, dim))
         self.register_buffer("initialised", torch.tensor(False))
+
+    @classmethod
+    def check_arguments(cls, size: int, tau: float, ema_rate: float) -> None:
+        _check_common(size, tau)
+        require_number("ema_rate", ema_rate, 0, 1, low_open=True)
 
     def codewords(self) -> torch.Tensor:
         return self.bank
@@ -216,15 +221,3 @@ class MemoryBankCodebook(_VisualWords):
         centroids = sums / (counts[:, None] + self.count_epsilon)
         self.bank.mul_(1.0 - self.ema_rate).add_(self.ema_rate * centroids.to(self.bank.dtype))
 
-
-def build_codebook(kind: str, size: int, dim: int, num_classes: int, tau: float = 1.0,
-                   ema_rate: float = 1e-3, init: str = "kaiming") -> nn.Module | None:
-    """``kind`` is ``model.codebook.kind``: ``none`` (plain CAM), ``learned`` (VWL-L) or ``memory`` (VWL-M);
-    ``init`` (``model.codebook.init``) applies to the learned codebook."""
-    if kind == "none":
-        return None
-    if kind == "learned":
-        return LearnedCodebook(size, dim, num_classes, tau=tau, init=init)
-    if kind == "memory":
-        return MemoryBankCodebook(size, dim, ema_rate=ema_rate, tau=tau)
-    raise ConfigError(f"model.codebook.kind must be none, learned or memory, got {kind!r}")

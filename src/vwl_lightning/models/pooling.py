@@ -18,26 +18,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwl_lightning.errors import ConfigError
+from vwl_lightning.utils.instantiate import require_int_list, require_number
 
 
 class HybridPooling(nn.Module):
     """Spatial-pyramid max pooling mixed with global average pooling (spec §3).
 
     Args:
-        gamma: weight γ of the GAP term (``model.pool.gamma``); must be ≥ 0.
+        gamma: weight γ of the GAP term; must be ≥ 0.
         levels: pyramid levels s; each contributes the mean of the s×s cell maxima.
     """
 
     def __init__(self, gamma: float = 2.0, levels: Sequence[int] = (1, 2, 4)) -> None:
         super().__init__()
-        if gamma < 0:
-            raise ConfigError(f"model.pool.gamma must be >= 0 (the weight of GAP in hybrid pooling), got {gamma}")
-        levels = tuple(int(s) for s in levels)
-        if not levels or any(s < 1 for s in levels):
-            raise ConfigError(f"model.pool.levels must be a non-empty list of integers >= 1, got {list(levels)}")
+        self.check_arguments(gamma, levels)
         self.gamma = float(gamma)
-        self.levels = levels
+        self.levels = tuple(int(s) for s in levels)
+
+    @classmethod
+    def check_arguments(cls, gamma: float, levels: Sequence[int]) -> None:
+        require_number("gamma", gamma, 0)
+        require_int_list("levels", list(levels) if isinstance(levels, tuple) else levels, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` → ``(B, C)``."""
@@ -45,7 +46,7 @@ class HybridPooling(nn.Module):
         if min(h, w) < max(self.levels):
             raise ValueError(
                 f"feature map {h}x{w} is smaller than the finest pyramid level {max(self.levels)}; "
-                "use larger inputs or coarser model.pool.levels"
+                "use larger inputs or coarser pyramid levels"
             )
         total = self.gamma * features.mean(dim=(2, 3))
         for s in self.levels:
@@ -64,11 +65,3 @@ class GlobalAveragePooling(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.mean(dim=(2, 3))
 
-
-def build_pooling(kind: str, gamma: float = 2.0, levels: Sequence[int] = (1, 2, 4)) -> nn.Module:
-    """``kind`` is ``model.pool.kind``: ``gap`` or ``hybrid``."""
-    if kind == "gap":
-        return GlobalAveragePooling()
-    if kind == "hybrid":
-        return HybridPooling(gamma=gamma, levels=levels)
-    raise ConfigError(f"model.pool.kind must be 'gap' or 'hybrid', got {kind!r}")

@@ -24,54 +24,73 @@ from torchmetrics.classification import MultilabelAveragePrecision
 from vwl_lightning.cam.fusion import cams_to_prediction, normalise_cams
 from vwl_lightning.errors import DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
-from vwl_lightning.models.backbone import Backbone, weights_from_checkpoint
+from vwl_lightning.models.backbone import weights_from_checkpoint
 from vwl_lightning.models.classifier import VWLClassifier
-from vwl_lightning.models.codebook import build_codebook
-from vwl_lightning.models.pooling import build_pooling
-from vwl_lightning.modules.optim import build_sgd, poly_lambda, trainable
+from vwl_lightning.modules.optim import make_optimizer, trainable
 from vwl_lightning.tracking.wandb_runs import cam_overlay, denormalise, mask_image, wandb_image
+from vwl_lightning.utils.instantiate import ArgumentError, build, require_number
+
+LOSS_TERMS = ("img", "w2i", "word", "decov")
 
 
-def build_classifier(num_classes: int, backbone: dict, pool: dict, codebook: dict) -> VWLClassifier:
-    """Build the network from the ``model`` config (``num_classes`` = foreground classes)."""
-    net = Backbone(**backbone)
+def build_classifier(num_classes: int, backbone: dict, pool: dict, codebook: dict | None,
+                     head: dict | None = None) -> VWLClassifier:
+    """The network from the ``model`` config's ``_target_`` nodes (``num_classes`` = foreground classes), built
+    in this order: backbone, pooling, codebook, classifier head."""
+    net = build(backbone, "model.backbone")
     return VWLClassifier(
         backbone=net,
-        pooling=build_pooling(pool["kind"], gamma=pool.get("gamma", 2.0), levels=pool.get("levels", (1, 2, 4))),
-        codebook=build_codebook(codebook["kind"], size=int(codebook.get("size", 256)), dim=net.out_channels,
-                                num_classes=num_classes, tau=float(codebook.get("tau", 1.0)),
-                                ema_rate=float(codebook.get("ema_rate", 1e-3)),
-                                init=str(codebook.get("init", "kaiming"))),
+        pooling=build(pool, "model.pool"),
+        codebook=build(codebook, "model.codebook", dim=net.out_channels, supplied={"num_classes": num_classes}),
         num_classes=num_classes,
+        **({"head": build(head, "model.head")} if head else {}),
     )
 
 
 class ClassifierModule(pl.LightningModule):
     """Trains :class:`VWLClassifier` on image-level labels.
 
+    The network's parts, the optimiser and the schedule arrive as ``_target_`` nodes (plain dicts, so the
+    checkpoint's hyper-parameters rebuild the module with no other input) and are built here.
+
     Args:
         num_classes: foreground classes.
-        backbone, pool, codebook: sub-configs of :func:`build_classifier`.
+        backbone, pool, codebook, head: ``_target_`` nodes of :func:`build_classifier` (codebook ``None``:
+            plain CAM).
         loss: weights ``img``, ``w2i``, ``word``, ``decov``.
-        optim: ``lr``, ``new_layer_lr_mult``, ``weight_decay``, ``momentum``, ``poly_power``.
+        optimizer: a ``_partial_`` optimiser node (spec §4: SGD); its ``lr`` is the backbone's.
+        scheduler: a ``_partial_`` schedule node taking ``(optimizer, total_steps)`` (spec §4: poly).
+        new_layer_lr_mult: learning-rate multiplier of the layers trained from scratch (spec §4: 10).
         val_bg_score: background score of the quick validation CAM mIoU.
         channels_last: run the network in channels-last memory format.
         class_names: names with background first (for logged masks).
         log_images: CAM overlays / seed masks of the first validation batch logged to W&B per epoch.
     """
 
-    def __init__(self, num_classes: int, backbone: dict, pool: dict, codebook: dict, loss: dict,
-                 optim: dict, val_bg_score: float = 0.13, channels_last: bool = False,
-                 class_names: list[str] | None = None, log_images: int = 0) -> None:
+    def __init__(self, num_classes: int, backbone: dict, pool: dict, codebook: dict | None, loss: dict,
+                 optimizer: dict, scheduler: dict, head: dict | None = None, new_layer_lr_mult: float = 10.0,
+                 val_bg_score: float = 0.13, channels_last: bool = False, class_names: list[str] | None = None,
+                 log_images: int = 0) -> None:
         super().__init__()
+        self.check_arguments(loss, new_layer_lr_mult, val_bg_score)
         self.save_hyperparameters()
-        self.model = build_classifier(num_classes, backbone, pool, codebook)
+        self.model = build_classifier(num_classes, backbone, pool, codebook, head)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_weights = {k: float(v) for k, v in loss.items()}
-        self.optim_cfg = dict(optim)
+        self.make_optimizer = build(optimizer, "model.optimizer")
+        self.make_scheduler = build(scheduler, "model.scheduler")
         self.val_map = MultilabelAveragePrecision(num_labels=num_classes, average="macro")
         self.val_cam = SegmentationConfusion(num_classes + 1)
+
+    @classmethod
+    def check_arguments(cls, loss: dict, new_layer_lr_mult: float, val_bg_score: float) -> None:
+        if not isinstance(loss, dict) or set(loss) - set(LOSS_TERMS):
+            raise ArgumentError("loss", loss, "weights of " + ", ".join(LOSS_TERMS))
+        for term, weight in loss.items():
+            require_number(f"loss.{term}", weight, 0)
+        require_number("new_layer_lr_mult", new_layer_lr_mult, 0)
+        require_number("val_bg_score", val_bg_score, 0, 1)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -141,17 +160,14 @@ class ClassifierModule(pl.LightningModule):
         self.val_cam.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim_cfg
+        """Two groups (spec §4): the backbone at the optimiser's lr, the new layers at ``new_layer_lr_mult``×."""
         new_params = {id(p) for m in self.model.new_layers() for p in m.parameters()}
         backbone_params = [p for p in trainable(self.model.parameters()) if id(p) not in new_params]
         new_layer_params = [p for m in self.model.new_layers() for p in trainable(m.parameters())]
-        optimizer = build_sgd(
-            [{"name": "backbone", "params": backbone_params, "lr_mult": 1.0},
-             {"name": "new_layers", "params": new_layer_params, "lr_mult": float(o["new_layer_lr_mult"])}],
-            lr=float(o["lr"]), momentum=float(o["momentum"]), weight_decay=float(o["weight_decay"]),
-        )
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, float(o["poly_power"])))
+        optimizer = make_optimizer(self.make_optimizer, [
+            {"name": "backbone", "params": backbone_params, "lr_mult": 1.0},
+            {"name": "new_layers", "params": new_layer_params, "lr_mult": float(self.hparams.new_layer_lr_mult)}])
+        scheduler = self.make_scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

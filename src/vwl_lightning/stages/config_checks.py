@@ -1,10 +1,20 @@
-"""Start-up check of the config keys the pipeline reads: type and range, one line per bad value.
+"""Start-up check of the config the pipeline reads: type and range, one line per bad value.
 
-Run by :func:`vwl_lightning.stages.pipeline.run` before any data is touched. Hydra hands a command-line
-value over as whatever it parses to (``model.codebook.size=abc`` is the string ``"abc"``, ``=2.5`` a float),
-so each rule states the kind it needs: ``int`` (an integer, not a bool, not ``2.5``), ``float`` (any real
-number, not a bool or string), ``choice``, or a list of positive numbers. A key absent from the config
-(another model or data kind) is not checked.
+Run by :func:`vwl_lightning.stages.pipeline.run` before any data is touched. Two kinds of check:
+
+* every ``_target_`` node (the classifier, its backbone, pooling, codebook, head, optimiser and schedule, and
+  the other stages' networks) is checked by its own class, without building it
+  (:func:`~vwl_lightning.utils.instantiate.check_node`: the class's ``check_arguments``; an optimiser is
+  built over a dummy parameter, so torch's own checks run). The class holds the check and the default; the
+  line names the key (``model.pool.gamma=-1.0: expected a number >= 0``);
+* the settings that are no object's arguments (data, stage schedules, CAM, seed and pseudo-mask settings)
+  against :data:`RULES`. Hydra hands a command-line value over as whatever it parses to (``=abc`` is the
+  string ``"abc"``, ``=2.5`` a float), so each rule states the kind it needs: ``int`` (an integer, not a
+  bool, not ``2.5``), ``float`` (any real number, not a bool or string), ``choice``, or a list of positive
+  numbers. A key absent from the config (another model or data kind) is not checked.
+
+Schedules are stage settings (``model.max_epochs``, ``segmenter.max_steps`` / ``max_epochs``,
+``irn.max_epochs``): a ``trainer.max_epochs`` or ``trainer.max_steps`` is refused naming them.
 """
 
 from __future__ import annotations
@@ -42,18 +52,7 @@ RULES: tuple[Rule, ...] = (
     Rule("data.source.generator.num_train", "int", 1), Rule("data.source.generator.num_val", "int", 1),
     Rule("data.source.generator.image_size", "int", 8), Rule("data.source.generator.num_classes", "int", 1),
     Rule("data.source.generator.seed", "int"), Rule("data.source.generator.cooccurrence", "float", 0, 1),
-    Rule("model.max_epochs", "int", 1), Rule("model.backbone.input_scale", "float", 0, 16, low_open=True),
-    Rule("model.checkpoint_every_n_steps", "int", 1, nullable=True),
-    Rule("model.codebook.kind", "choice", choices=("none", "learned", "memory")),
-    Rule("model.codebook.size", "int", 1), Rule("model.codebook.tau", "float", 0, low_open=True),
-    Rule("model.codebook.ema_rate", "float", 0, 1),
-    Rule("model.pool.kind", "choice", choices=("gap", "hybrid")), Rule("model.pool.gamma", "float", 0),
-    Rule("model.pool.levels", "int_list", 1),
-    Rule("model.loss.img", "float", 0), Rule("model.loss.w2i", "float", 0), Rule("model.loss.word", "float", 0),
-    Rule("model.loss.decov", "float", 0),
-    Rule("model.optim.lr", "float", 0, low_open=True), Rule("model.optim.new_layer_lr_mult", "float", 0),
-    Rule("model.optim.weight_decay", "float", 0), Rule("model.optim.momentum", "float", 0, 1),
-    Rule("model.optim.poly_power", "float", 0), Rule("model.val_bg_score", "float", 0, 1),
+    Rule("model.max_epochs", "int", 1), Rule("model.checkpoint_every_n_steps", "int", 1, nullable=True),
     Rule("cam.scales", "positive_list"), Rule("cam.batch_size", "int", 1), Rule("cam.num_workers", "int", 0),
     Rule("cam.flip_fusion", "choice", choices=("max", "sum")),
     Rule("cam.dtype", "choice", choices=("float16", "float32")),
@@ -118,8 +117,56 @@ def check_value(rule: Rule, value: Any) -> str | None:
     return None
 
 
+# the ``_target_`` trees the stages build, with the keys of each that are the stage's own settings (not the
+# object's arguments)
+OBJECT_ROOTS: dict[str, tuple[str, ...]] = {
+    "model": ("max_epochs", "checkpoint_every_n_steps"),
+}
+# trainer keys that would set a schedule: the stage settings that do
+SCHEDULE_KEYS = {"max_epochs": "model.max_epochs, segmenter.max_epochs and irn.max_epochs",
+                 "max_steps": "segmenter.max_steps", "min_epochs": "model.max_epochs",
+                 "min_steps": "segmenter.max_steps", "max_time": "the stage schedules (model.max_epochs, ...)"}
+
+
+def check_objects(cfg: DictConfig) -> None:
+    """Every ``_target_`` node of :data:`OBJECT_ROOTS` checked by its class (module docstring)."""
+    import torch
+    from hydra._internal.utils import _locate
+
+    from vwl_lightning.modules.optim import check_optimizer
+    from vwl_lightning.utils.instantiate import build, check_node, target_nodes
+
+    for root, stage_keys in OBJECT_ROOTS.items():
+        node = OmegaConf.select(cfg, root, default=None)
+        if node is None:
+            continue
+        tree = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in stage_keys}
+        for key, sub in target_nodes(tree, f"{root}."):
+            check_node(sub, key)
+            target = _locate(str(sub["_target_"]))
+            if isinstance(target, type) and issubclass(target, torch.optim.Optimizer):
+                if not sub.get("_partial_"):
+                    raise ConfigError(f"{key}._partial_: expected true (the module supplies the parameters)")
+                try:  # torch's own checks of lr, momentum, weight decay
+                    check_optimizer(build(sub, key))
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{key}: {exc}") from None
+
+
+def check_schedule_keys(cfg: DictConfig) -> None:
+    """``trainer.max_epochs`` and the like set no stage's schedule: refused, naming the keys that do."""
+    trainer = OmegaConf.select(cfg, "trainer", default=None)
+    for key, where in SCHEDULE_KEYS.items():
+        if trainer is not None and key in trainer and trainer.get(key) is not None:
+            raise ConfigError(f"trainer.{key}={trainer.get(key)}: each stage has its own schedule; set {where} "
+                              "instead")
+
+
 def validate_config(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> None:
-    """ConfigError on the first key of ``rules`` whose value is of the wrong kind or out of range."""
+    """ConfigError on the first bad value: a ``_target_`` node its class refuses, a trainer schedule key, or a
+    key of ``rules`` whose value is of the wrong kind or out of range."""
+    check_schedule_keys(cfg)
+    check_objects(cfg)
     for rule in rules:
         try:
             raw = OmegaConf.select(cfg, rule.key, default=_MISSING, throw_on_resolution_failure=True)

@@ -2,9 +2,10 @@
 
 A stage's **fingerprint** is the first 16 hex digits of SHA-256 over the JSON (sorted keys) of
 
-* ``settings``: the values of the config keys the stage reads (:data:`STAGE_KEYS`, resolved; the keys of
-  :data:`NOT_IDENTITY` are left out: paths, worker counts, checkpoint cadence, which change where or how
-  fast, not what), and
+* ``settings``: the stage's whole resolved config groups (:data:`STAGE_ROOTS`: the data set, the stage's
+  own group, the seed and the trainer where it trains) minus the explicit list :data:`NOT_IDENTITY` of keys
+  that change where, how fast or how it is shown, not what (paths, worker counts, checkpoint cadence,
+  progress display, the devices a fixed global batch is spread over), and
 * ``upstream``: the fingerprint of every stage output it consumes (:data:`UPSTREAM`, found from the input
   folder keys of :data:`INPUT_KEYS`); a checkpoint file given directly is named by its SHA-256, a folder
   without a record by its resolved path.
@@ -42,42 +43,38 @@ from vwl_lightning.utils.manifest import read_manifest
 log = logging.getLogger(__name__)
 
 IDENTITY = "identity.json"
+FINGERPRINT_VERSION = 2  # 2: whole config groups minus NOT_IDENTITY (1: hand-kept key lists)
 
-# the data set and its splits and normalisation: read (directly or through an interpolation) by every stage
-DATA_KEYS = ("data.source", "data.normalise", "data.train_split", "data.val_split", "data.seed_split")
-
-# the config keys each stage reads, the single list the fingerprints are made of
-STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "classifier": (*DATA_KEYS, "seed", "data.batch_size", "data.train_transform", "data.eval_size", "model",
-                   "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val"),
-    "cams": (*DATA_KEYS, "cam.split", "cam.scales", "cam.flip", "cam.flip_fusion", "cam.resize", "cam.dtype",
-             "cam.precision"),
-    "seeds": (*DATA_KEYS, "seeds.split", "seeds.bg_score", "seeds.sweep"),
-    "pseudo": (*DATA_KEYS, "pseudo.split", "pseudo.mode", "pseudo.bg_score", "pseudo.crf_preset", "pseudo.crf",
-               "pseudo.fg_thres", "pseudo.bg_thres", "pseudo.gt_prob", "pseudo.evaluate"),
-    "segmenter": (*DATA_KEYS, "seed", "data.pin_memory", "segmenter", "trainer.precision",
-                  "trainer.accumulate_grad_batches", "trainer.gradient_clip_val"),
+# the config groups each stage's output depends on: the whole resolved group, minus NOT_IDENTITY
+STAGE_ROOTS: dict[str, tuple[str, ...]] = {
+    "classifier": ("data", "seed", "model", "trainer"),
+    "cams": ("data", "cam"),
+    "seeds": ("data", "seeds"),
+    "pseudo": ("data", "pseudo"),
+    "segmenter": ("data", "seed", "segmenter", "trainer"),
 }
 
-# keys added after the fingerprints above were first recorded: part of the settings only when not at their
-# default, so a folder made before the key existed keeps its fingerprint (as the generator's later knobs do)
-LATER_KEYS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "classifier": (("model.backbone.input_scale", 1.0),),
-    "cams": (("cam.fold_batchnorm", False),),
-    "pseudo": (("irn.backbone.input_scale", 1.0),),
-}
-
-# read by a stage only in one of its modes: stage -> (mode key, mode value, extra keys); pseudo.mode=irn trains
+# read by a stage only in one of its modes: stage -> (mode key, mode value, extra roots); pseudo.mode=irn trains
 # IRN's boundary branch and walks (stages/irn.py), so every IRN setting determines its masks
 MODE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "pseudo": ("pseudo.mode", "irn", ("irn",)),
 }
 
-# keys under the ones above that say where or how fast, not what (paths are replaced by upstream fingerprints)
+# keys under STAGE_ROOTS that say where, how fast or how it is shown, not what is computed: paths (the inputs
+# are named by their upstream fingerprints instead), worker and batch counts of inference, checkpoint cadence,
+# logging and progress display, and the hardware a run is spread over (the global batch is fixed)
 NOT_IDENTITY = (
-    "data.source.cache_dir", "model.checkpoint_every_n_steps", "model.backbone.data_norm",
+    "data.source.cache_dir", "data.num_workers", "data.pin_memory", "data.eval_batch_size",
+    "model.checkpoint_every_n_steps", "model.backbone.data_norm",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.check_val_every_n_epoch",
+    "trainer.profiler",
+    "cam.classifier_dir", "cam.checkpoint", "cam.out_dir", "cam.batch_size", "cam.num_workers",
+    "cam.channels_last", "cam.overlay_images",
+    "seeds.cam_dir", "seeds.out_dir",
+    "pseudo.cam_dir", "pseudo.out_dir", "pseudo.num_workers",
     "segmenter.pseudo_dir", "segmenter.out_dir", "segmenter.backbone_init", "segmenter.num_workers",
-    "segmenter.checkpoint_every_n_steps", "segmenter.eval.crf_workers", "data.pin_memory",
+    "segmenter.checkpoint_every_n_steps", "segmenter.eval.crf_workers",
     "irn.cam_dir", "irn.out_dir", "irn.checkpoint", "irn.classifier_dir", "irn.num_workers", "irn.seeds.num_workers",
 )
 
@@ -110,31 +107,21 @@ def _excluded(key: str) -> bool:
 
 
 def stage_settings(stage: str, cfg: DictConfig) -> dict[str, Any]:
-    """The resolved values of :data:`STAGE_KEYS` ``[stage]``, flattened to dotted keys, minus NOT_IDENTITY,
-    plus the :data:`LATER_KEYS` that are not at their default."""
-    settings: dict[str, Any] = {}
-    keys = STAGE_KEYS[stage]
-    inactive: tuple[str, ...] = ()  # keys of a mode the stage is not in (e.g. irn.* when pseudo.mode=crf)
+    """The resolved values under :data:`STAGE_ROOTS` ``[stage]`` (and the roots of the stage's current mode),
+    flattened to dotted keys, minus :data:`NOT_IDENTITY`."""
+    roots = STAGE_ROOTS[stage]
     if stage in MODE_KEYS:
         mode_key, mode, extra = MODE_KEYS[stage]
         if str(OmegaConf.select(cfg, mode_key, default=None)) == mode:
-            keys = (*keys, *extra)
-        else:
-            inactive = extra
-    later = dict(LATER_KEYS.get(stage, ()))
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
+            roots = (*roots, *extra)
+    settings: dict[str, Any] = {}
+    for root in roots:
+        value = OmegaConf.select(cfg, root, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value, resolve=True)
-        for leaf, leaf_value in flatten({key: value}).items():
-            if not _excluded(leaf) and leaf not in later:
+        for leaf, leaf_value in flatten({root: value}).items():
+            if not _excluded(leaf):
                 settings[leaf] = leaf_value
-    for key, default in later.items():
-        if any(key == k or key.startswith(k + ".") for k in inactive):
-            continue
-        value = OmegaConf.select(cfg, key, default=default)
-        if value != default:
-            settings[key] = value
     return settings
 
 
@@ -186,7 +173,8 @@ def stage_upstream(stage: str, cfg: DictConfig) -> dict[str, dict[str, str]]:
 
 
 def fingerprint_of(stage: str, settings: Mapping[str, Any], upstream: Mapping[str, Mapping[str, str]]) -> str:
-    blob = {"stage": stage, "settings": settings, "upstream": {k: v["fingerprint"] for k, v in upstream.items()}}
+    blob = {"version": FINGERPRINT_VERSION, "stage": stage, "settings": settings,
+            "upstream": {k: v["fingerprint"] for k, v in upstream.items()}}
     text = json.dumps(blob, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -195,8 +183,8 @@ def stage_identity(stage: str, cfg: DictConfig) -> dict[str, Any]:
     """``{stage, fingerprint, settings, upstream}`` of ``stage`` under ``cfg`` (module docstring)."""
     settings = stage_settings(stage, cfg)
     upstream = stage_upstream(stage, cfg)
-    return {"stage": stage, "fingerprint": fingerprint_of(stage, settings, upstream), "settings": settings,
-            "upstream": upstream}
+    return {"stage": stage, "version": FINGERPRINT_VERSION, "fingerprint": fingerprint_of(stage, settings, upstream),
+            "settings": settings, "upstream": upstream}
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -250,6 +238,11 @@ def check_stage_folder(stage: str, folder: Path, identity: Mapping[str, Any], re
         state = "redo"
     elif recorded is not None and recorded.get("fingerprint") == identity["fingerprint"]:
         state = "match"
+    elif recorded is not None and recorded.get("version") != FINGERPRINT_VERSION and not recompute_requested(
+            recompute, stage):
+        raise ConfigError(f"{folder}: stage {stage} there was recorded by an older vwl_lightning (fingerprint "
+                          f"version {recorded.get('version', 1)}, now {FINGERPRINT_VERSION}); use a new run folder, "
+                          f"or add recompute=[{stage}] to redo it here")
     elif recorded is not None:
         own = differences(recorded.get("settings", {}), identity["settings"])
         if own and not recompute_requested(recompute, stage):

@@ -23,14 +23,16 @@ from pytorch_lightning.loggers import WandbLogger
 
 from vwl_lightning.data.datamodule import ClassificationDataModule
 from vwl_lightning.modules.classifier import ClassifierModule
-from vwl_lightning.tracking.loggers import build_logger
+from vwl_lightning.tracking.loggers import build_callbacks, build_logger
 from vwl_lightning.tracking.wandb_runs import finish_active_run, log_artifact
-from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, rolling_checkpoint, usable_resume_checkpoint
+from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, usable_resume_checkpoint
+from vwl_lightning.utils.instantiate import build
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 STAGE = "classifier"
+STAGE_SETTINGS = ("max_epochs", "checkpoint_every_n_steps")  # model.* keys that are the stage's schedule
 FINAL_CHECKPOINT = "classifier.ckpt"
 
 
@@ -44,13 +46,15 @@ def build_datamodule(cfg: DictConfig) -> ClassificationDataModule:
     )
 
 
+def module_node(cfg: DictConfig) -> dict[str, Any]:
+    """The ``model`` node without the stage's own settings: the module's ``_target_`` node."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in STAGE_SETTINGS}
+
+
 def build_module(cfg: DictConfig, num_foreground: int, class_names: list[str]) -> ClassifierModule:
-    m = OmegaConf.to_container(cfg.model, resolve=True)
-    return ClassifierModule(
-        num_classes=num_foreground, backbone=m["backbone"], pool=m["pool"], codebook=m["codebook"],
-        loss=m["loss"], optim=m["optim"], val_bg_score=m["val_bg_score"], channels_last=m["channels_last"],
-        class_names=class_names, log_images=int(cfg.logger.get("max_images", 0)),
-    )
+    """``model`` (:class:`~vwl_lightning.modules.classifier.ClassifierModule`) for the data set's classes."""
+    return build(module_node(cfg), "model", num_classes=num_foreground, class_names=class_names,
+                 log_images=int(cfg.logger.get("max_images", 0)))
 
 
 def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_epochs: int,
@@ -75,8 +79,8 @@ def train_classifier(cfg: DictConfig) -> Path:
     datamodule = build_datamodule(cfg)
     meta = datamodule.data.meta
     module = build_module(cfg, meta.num_foreground, list(meta.class_names))
-    checkpoints = rolling_checkpoint(stage_dir, cfg.model.get("checkpoint_every_n_steps"))
-    trainer = build_trainer(cfg, stage_dir, STAGE, int(cfg.model.max_epochs), [checkpoints])
+    callbacks = build_callbacks(cfg.get("callbacks"), stage_dir, cfg.model.get("checkpoint_every_n_steps"))
+    trainer = build_trainer(cfg, stage_dir, STAGE, int(cfg.model.max_epochs), callbacks)
     resume = stage_dir / "checkpoints" / "last.ckpt"
     resumed = usable_resume_checkpoint(resume) is not None
     log.info("classifier: training, outputs in %s%s", stage_dir, f" (resuming from {resume})" if resumed else "")

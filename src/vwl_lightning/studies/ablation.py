@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, list[str]] = {
     "plain CAM": ["+experiment=synthetic_baseline"],
-    "+ hybrid pooling": ["+experiment=synthetic_baseline", "model.pool.kind=hybrid"],
-    "+ VWL-L": ["+experiment=synthetic_vwl_l", "model.pool.kind=gap"],
-    "+ VWL-M": ["+experiment=synthetic_vwl_m", "model.pool.kind=gap"],
+    "+ hybrid pooling": ["+experiment=synthetic_baseline", "model/pool=hybrid"],
+    "+ VWL-L": ["+experiment=synthetic_vwl_l", "model/pool=gap"],
+    "+ VWL-M": ["+experiment=synthetic_vwl_m", "model/pool=gap"],
     "VWL-L + hybrid pooling": ["+experiment=synthetic_vwl_l"],
     "VWL-M + hybrid pooling": ["+experiment=synthetic_vwl_m"],
     # not in the spec: the learned codebook started from feature directions against its collapse (README)

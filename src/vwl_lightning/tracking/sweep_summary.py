@@ -1,11 +1,12 @@
-"""Hydra multirun summary: one table of every job's headline numbers, and a heat map of CAM seed mIoU over
-codebook size K × pooling weight γ (the two sweep knobs, spec §2–3).
+"""Hydra multirun summary: one table of every job's headline numbers, and a heat map of CAM seed mIoU over the
+two knobs a sweep varies (e.g. codebook size K × pooling weight γ, spec §2–3; the knobs are read from the
+jobs' own overrides).
 
 Registered as a Hydra callback (``hydra.callbacks.sweep_summary`` in ``conf/config.yaml``). At the end of a
 multirun it reads each job folder's ``results.json`` (or ``failed.json``, written when a job failed — the
 sweep goes on) and ``.hydra/overrides.yaml``, and writes into the sweep folder::
 
-    sweep_summary.csv   sweep_summary.md   sweep_heatmap.png   sweep_sensitivity.png (metric vs K and vs γ)
+    sweep_summary.csv   sweep_summary.md   sweep_heatmap.png   sweep_sensitivity.png (metric vs each swept knob)
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ RESULTS = "results.json"
 FAILED = "failed.json"
 METRICS = ("cam_seed_miou_best", "cam_seed_miou_configured", "pseudo_mask_miou", "segmenter_val_miou",
            "segmenter_val_miou_crf")
-ROW_KEY = "model.codebook.size"
-COLUMN_KEY = "model.pool.gamma"
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
@@ -85,36 +84,60 @@ def write_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n")
 
 
-def heatmap_grid(rows: list[dict[str, Any]], metric: str = "cam_seed_miou_best"
-                 ) -> tuple[list[float], list[float], np.ndarray] | None:
-    """(K values, γ values, grid of ``metric``; NaN where a job failed) or None if the knobs were not swept."""
-    jobs = [r for r in rows if ROW_KEY in r and COLUMN_KEY in r]
-    if not jobs:
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
         return None
-    ks = sorted({float(r[ROW_KEY]) for r in jobs})
-    gammas = sorted({float(r[COLUMN_KEY]) for r in jobs})
-    grid = np.full((len(ks), len(gammas)), np.nan)
+
+
+def swept_knobs(rows: list[dict[str, Any]]) -> list[str]:
+    """The override keys that take two or more numeric values across the jobs, in the sweep's own order (the
+    order of the overrides on its command line)."""
+    knobs = []
+    for key in _columns(rows):
+        if key in ("job", "status", "error", *METRICS):
+            continue
+        values = {row[key] for row in rows if key in row}
+        if len(values) >= 2 and all(_number(v) is not None for v in values):
+            knobs.append(key)
+    return knobs
+
+
+def heatmap_grid(rows: list[dict[str, Any]], metric: str = "cam_seed_miou_best"
+                 ) -> tuple[str, str, list[float], list[float], np.ndarray] | None:
+    """(row knob, column knob, row values, column values, grid of ``metric``; NaN where a job failed) when the
+    sweep varies exactly two numeric knobs (e.g. K x gamma), else None."""
+    knobs = swept_knobs(rows)
+    if len(knobs) != 2:
+        return None
+    row_key, column_key = knobs
+    jobs = [r for r in rows if row_key in r and column_key in r]
+    row_values = sorted({float(r[row_key]) for r in jobs})
+    column_values = sorted({float(r[column_key]) for r in jobs})
+    grid = np.full((len(row_values), len(column_values)), np.nan)
     for r in jobs:
         if r.get(metric) is not None:
-            grid[ks.index(float(r[ROW_KEY])), gammas.index(float(r[COLUMN_KEY]))] = float(r[metric])
-    return ks, gammas, grid
+            grid[row_values.index(float(r[row_key])), column_values.index(float(r[column_key]))] = float(r[metric])
+    return row_key, column_key, row_values, column_values, grid
 
 
-def plot_heatmap(path: Path, ks: list[float], gammas: list[float], grid: np.ndarray, title: str) -> None:
+def plot_heatmap(path: Path, row_key: str, column_key: str, row_values: list[float], column_values: list[float],
+                 grid: np.ndarray, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(1.2 * len(gammas) + 2.5, 0.8 * len(ks) + 1.8))
+    fig = Figure(figsize=(1.2 * len(column_values) + 2.5, 0.8 * len(row_values) + 1.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(100 * grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(gammas)), [f"{g:g}" for g in gammas])
-    ax.set_yticks(range(len(ks)), [f"{k:g}" for k in ks])
-    ax.set_xlabel("pooling weight γ (model.pool.gamma)")
-    ax.set_ylabel("codebook size K (model.codebook.size)")
+    ax.set_xticks(range(len(column_values)), [f"{g:g}" for g in column_values])
+    ax.set_yticks(range(len(row_values)), [f"{k:g}" for k in row_values])
+    ax.set_xlabel(column_key)
+    ax.set_ylabel(row_key)
     ax.set_title(title)
-    for i in range(len(ks)):
-        for j in range(len(gammas)):
+    for i in range(len(row_values)):
+        for j in range(len(column_values)):
             text = "failed" if np.isnan(grid[i, j]) else f"{100 * grid[i, j]:.1f}"
             ax.text(j, i, text, ha="center", va="center", color="white", fontsize=9)
     fig.colorbar(image, ax=ax, label="mIoU (%)")
@@ -124,27 +147,30 @@ def plot_heatmap(path: Path, ks: list[float], gammas: list[float], grid: np.ndar
 
 
 def sensitivity_curves(path: Path, rows: list[dict[str, Any]], metric: str = "cam_seed_miou_best") -> bool:
-    """Line plots of ``metric`` against each swept knob (K, γ), one line per value of the other knob.
+    """Line plots of ``metric`` against each swept knob, one line per value of the other knobs.
 
-    Returns False (and writes nothing) when neither knob takes two or more values."""
+    Returns False (and writes nothing) when no knob takes two or more values."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     jobs = [r for r in rows if r.get(metric) is not None]
-    knobs = [k for k in (ROW_KEY, COLUMN_KEY) if len({float(r[k]) for r in jobs if k in r}) >= 2]
+    knobs = swept_knobs(jobs)
     if not knobs:
         return False
     fig = Figure(figsize=(5.5 * len(knobs), 3.8))
     FigureCanvasAgg(fig)
     for index, knob in enumerate(knobs):
-        other = COLUMN_KEY if knob == ROW_KEY else ROW_KEY
+        others = [k for k in knobs if k != knob]
         ax = fig.add_subplot(1, len(knobs), index + 1)
-        for value in sorted({r.get(other) for r in jobs}, key=lambda v: float(v) if v is not None else 0.0):
-            points = sorted((float(r[knob]), 100 * float(r[metric]))
-                            for r in jobs if knob in r and r.get(other) == value)
-            label = f"{other.split('.')[-1]} = {value}" if value is not None else None
+        groups = sorted({tuple(r.get(o) for o in others) for r in jobs},
+                        key=lambda g: tuple(_number(v) or 0.0 for v in g))
+        for group in groups:
+            points = sorted((float(r[knob]), 100 * float(r[metric])) for r in jobs
+                            if knob in r and tuple(r.get(o) for o in others) == group)
+            label = ", ".join(f"{o.split('.')[-1]} = {v}" for o, v in zip(others, group, strict=True)) or None
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        if knob == ROW_KEY:
+        values = sorted(float(r[knob]) for r in jobs if knob in r)
+        if values[0] > 0 and values[-1] / values[0] >= 8:  # sizes such as K: a log axis
             ax.set_xscale("log", base=2)
         ax.set_xlabel(knob)
         ax.set_ylabel(f"{metric} (%)")

@@ -1,6 +1,6 @@
 """Weights & Biases for every stage: one W&B run per stage (``job_type`` = stage, ``group`` = experiment),
 offline when there is no API key or no network, finished at the end of the stage so that multirun jobs
-and stages stay separate runs. ``logger.kind=csv|none`` turn all of this off.
+and stages stay separate runs. ``logger=csv|none`` turn all of this off.
 
 What is logged beyond Lightning's scalars: CAM overlays and seed / pseudo / predicted masks as
 ``wandb.Image`` with masks and class labels (at most ``logger.max_images`` per epoch or stage), per-class
@@ -35,8 +35,13 @@ def wandb_mode(logger_cfg: Mapping[str, Any]) -> str:
     return mode
 
 
+def is_wandb(logger_cfg: Mapping[str, Any]) -> bool:
+    """The ``logger`` node is Lightning's W&B logger."""
+    return str(logger_cfg.get("_target_", "")).rsplit(".", 1)[-1] == "WandbLogger"
+
+
 def uses_wandb(logger_cfg: Mapping[str, Any]) -> bool:
-    return logger_cfg.get("kind") == "wandb" and wandb_mode(logger_cfg) != "disabled"
+    return is_wandb(logger_cfg) and wandb_mode(logger_cfg) != "disabled"
 
 
 def init_kwargs(logger_cfg: Mapping[str, Any], stage: str, group: str, save_dir: Path) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from hydra._internal.utils import _locate
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vwl_lightning.errors import ConfigError
@@ -88,19 +89,32 @@ def _plain(node: Any) -> Any:
 
 def _target_of(node: Mapping[str, Any], key: str) -> Any:
     try:
-        return get_object(str(node["_target_"]))
+        return _locate(str(node["_target_"]))  # hydra's own lookup, without its error log
     except Exception:  # noqa: BLE001 - any import failure: the target is not a known object
         raise ConfigError(f"{key}._target_={node['_target_']!r}: expected an importable class or function "
                           "(module.Name)") from None
 
 
-def build(node: Any, key: str, **extra: Any) -> Any:
-    """``instantiate(node, **extra)``; an :class:`ArgumentError` or a bad target comes back as one line naming
-    ``key``. ``None`` (an absent optional object) builds ``None``."""
+def accepted(target: Any, supplied: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``supplied`` that ``target``'s signature takes by name."""
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(supplied)
+    return {k: v for k, v in supplied.items() if k in parameters}
+
+
+def build(node: Any, key: str, supplied: Mapping[str, Any] | None = None, **extra: Any) -> Any:
+    """``instantiate(node, **extra)``, plus the entries of ``supplied`` the target takes (shapes the caller knows,
+    e.g. ``num_classes``, that not every variant needs); an :class:`ArgumentError` or a bad target comes back as
+    one line naming ``key``. ``None`` (an absent optional object) builds ``None``."""
     if node is None:
         return None
     node = _plain(node)
-    _target_of(node, key)
+    target = _target_of(node, key)
+    extra = {**accepted(target, supplied or {}), **extra}
     try:
         return instantiate(node, **extra)
     except ArgumentError as exc:
