@@ -50,3 +50,12 @@ def tiny_run(make_config: Callable[..., DictConfig], run_dir: Path, seed: int = 
     write_manifest(run_dir / "segmenter", "segmenter", checkpoint=str(ckpt), config=config,
                    class_names=list(names))
     return cfg
+
+
+KINDS = {"HybridPooling": "hybrid", "GlobalAveragePooling": "gap", "LearnedCodebook": "learned",
+         "MemoryBankCodebook": "memory"}
+
+
+def kind_of(node: DictConfig | None) -> str:
+    """The ablation switch a ``model.pool`` / ``model.codebook`` node selects: hybrid | gap, learned | memory | none."""
+    return "none" if node is None else KINDS[str(node._target_).rsplit(".", 1)[-1]]

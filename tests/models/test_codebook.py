@@ -13,13 +13,13 @@ from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.codebook import (
     LearnedCodebook,
     MemoryBankCodebook,
-    build_codebook,
     cosine_similarity_map,
     decov_loss,
     soft_assignment,
     word_histogram,
     word_labels,
 )
+from vwl_lightning.utils.instantiate import build, check_node
 
 
 def np_normalise(x: np.ndarray, axis: int) -> np.ndarray:
@@ -172,17 +172,24 @@ def test_memory_bank_is_a_checkpointed_buffer() -> None:
 
 
 @pytest.mark.parametrize("size", [0, -3])
-def test_non_positive_codebook_size_is_a_config_error(size) -> None:
-    with pytest.raises(ConfigError, match=rf"model\.codebook\.size must be a positive.*{size}"):
-        build_codebook("learned", size=size, dim=8, num_classes=3)
-    with pytest.raises(ConfigError, match=r"model\.codebook\.size"):
-        build_codebook("memory", size=size, dim=8, num_classes=3)
+@pytest.mark.parametrize("target", ["LearnedCodebook", "MemoryBankCodebook"])
+def test_non_positive_codebook_size_is_a_config_error(size, target) -> None:
+    node = {"_target_": f"vwl_lightning.models.codebook.{target}", "size": size}
+    with pytest.raises(ConfigError, match=rf"^model\.codebook\.size={size}: expected an integer >= 1$"):
+        build(node, "model.codebook", dim=8, supplied={"num_classes": 3})
+    with pytest.raises(ConfigError, match=rf"^model\.codebook\.size={size}: expected an integer >= 1$"):
+        check_node(node, "model.codebook")
 
 
-def test_unknown_codebook_kind() -> None:
-    assert build_codebook("none", size=0, dim=8, num_classes=3) is None
-    with pytest.raises(ConfigError, match="model.codebook.kind"):
-        build_codebook("vq", size=8, dim=8, num_classes=3)
+def test_codebook_nodes_take_the_shapes_they_need() -> None:
+    """The network supplies D and C; the memory bank has no w2i head, so it takes no class count."""
+    supplied = {"num_classes": 3}
+    learned = build({"_target_": "vwl_lightning.models.codebook.LearnedCodebook", "size": 4}, "model.codebook",
+                    dim=8, supplied=supplied)
+    bank = build({"_target_": "vwl_lightning.models.codebook.MemoryBankCodebook", "size": 4}, "model.codebook",
+                 dim=8, supplied=supplied)
+    assert learned.w2i_head.weight.shape == (3, 4) and bank.bank.shape == (4, 8)
+    assert build(None, "model.codebook") is None
 
 
 def test_cosine_ignores_feature_scale() -> None:
@@ -221,6 +228,6 @@ def test_learned_codebook_feature_init_takes_batch_directions_at_the_kaiming_sca
 def test_learned_codebook_kaiming_init_keeps_the_spec_state_dict() -> None:
     book = LearnedCodebook(size=4, dim=8, num_classes=3)
     assert set(book.state_dict()) == {"word_head.weight", "codebook", "w2i_head.weight"}
-    with pytest.raises(ConfigError, match="model.codebook.init"):
+    with pytest.raises(ConfigError, match="^init='random': expected one of kaiming, features$"):
         LearnedCodebook(size=4, dim=8, num_classes=3, init="random")
-    assert build_codebook("learned", 4, 8, 3, init="features").init == "features"
+    assert LearnedCodebook(4, 8, 3, init="features").init == "features"

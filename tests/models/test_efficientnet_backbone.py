@@ -48,14 +48,16 @@ def lukemelas_state() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def model_cfg(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The ``model=efficientnet_lite0`` config's backbone section, as the classifier receives it."""
+    """The ``model=efficientnet_lite0`` config's backbone node's arguments, as the classifier builds it."""
     from hydra import compose, initialize_config_dir
 
     from vwl_lightning.utils.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=efficientnet_lite0"])
-    return OmegaConf.to_container(cfg.model.backbone, resolve=True)
+    node = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+    assert node.pop("_target_") == "vwl_lightning.models.backbone.Backbone"
+    return node
 
 
 def photo_batch(image: np.ndarray, size: int = 224) -> torch.Tensor:
@@ -176,19 +178,19 @@ def test_timm_format_file_loads_as_the_same_network(lukemelas_state, model_cfg, 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"detach_after": "layer2"}, r"model\.backbone\.detach_after is for ResNet backbones only"),
-        ({"weights_format": "torchvision"}, r"model\.backbone\.weights_format=torchvision is for ResNet"),
-        ({"weights_format": "keras"}, r"model\.backbone\.weights_format must be one of"),
-        ({"dilate": False}, r"model\.backbone\.output_stride=16 for tf_efficientnet_lite0 needs .*dilate=true"),
-        ({"name": "tf_efficientnet_lite99"}, r"model\.backbone\.name: unknown backbone 'tf_efficientnet_lite99'"),
-        ({"frozen": ["conv1"]}, r"model\.backbone\.frozen: tf_efficientnet_lite0 has no module 'conv1'"),
+        ({"detach_after": "layer2"}, r"^detach_after='layer2': expected null: tf_efficientnet_lite0 has no layer1-4"),
+        ({"weights_format": "torchvision"}, r"^weights_format='torchvision': expected .*torchvision is for ResNet"),
+        ({"weights_format": "keras"}, r"^weights_format='keras': expected one of auto, timm, torchvision"),
+        ({"dilate": False}, r"^dilate=False: expected true for output_stride=16 with tf_efficientnet_lite0"),
+        ({"name": "tf_efficientnet_lite99"}, r"^name='tf_efficientnet_lite99': expected a timm model name"),
+        ({"frozen": ["conv1"]}, r"^frozen=\['conv1'\]: expected names of modules of tf_efficientnet_lite0; it has no"),
         ({"name": "resnet18", "frozen": [], "dilate": False}, r"weights_format=efficientnet_pytorch needs a timm "
                                                               r"EfficientNet"),
         ({"name": "vit_tiny_patch16_224", "frozen": [], "pretrained": "none", "output_stride": 32},
-         r"model\.backbone\.name: vit_tiny_patch16_224's forward_features fails"),
+         r"^name='vit_tiny_patch16_224': expected a CNN giving a feature map; its forward_features fails"),
         ({"name": "vit_tiny_patch16_224", "frozen": [], "pretrained": "none", "output_stride": 32,
-          "model_kwargs": {"img_size": 64}}, r"model\.backbone\.name: vit_tiny_patch16_224's forward_features gives"),
-        ({"input_norm": {"mean": [0.5], "std": [0.5]}}, r"model\.backbone\.input_norm needs three means"),
+          "model_kwargs": {"img_size": 64}}, r"^name=.vit_tiny_patch16_224.: expected a CNN giving a \(192, 2, 2\)"),
+        ({"input_norm": {"mean": [0.5], "std": [0.5]}}, r"^input_norm=.*: expected three means and three positive"),
     ],
 )
 def test_bad_settings_name_the_key(change: dict, message: str, model_cfg) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.backbone import Backbone, rescale_input
+from vwl_lightning.utils.instantiate import check_node
 
 TINY_RESNET = {"name": "resnet18", "output_stride": 8, "fixed_bn": False, "frozen": [],
                "model_kwargs": {"channels": [8, 16, 32, 64]}}
@@ -61,5 +62,8 @@ def test_the_trunk_sees_the_rescaled_image_and_its_features_grow() -> None:
 
 @pytest.mark.parametrize("bad", [0, -1.0, 16, "2", True])
 def test_a_bad_scale_is_one_line_naming_the_key(bad: object) -> None:
-    with pytest.raises(ConfigError, match=r"^model\.backbone\.input_scale must be a number in \(0, 16\)"):
+    with pytest.raises(ConfigError, match=r"^input_scale=.*: expected a number > 0 and < 16$"):
         Backbone(**TINY_RESNET, input_scale=bad)
+    node = {"_target_": "vwl_lightning.models.backbone.Backbone", **TINY_RESNET, "input_scale": bad}
+    with pytest.raises(ConfigError, match=r"^model\.backbone\.input_scale=.*: expected a number > 0 and < 16$"):
+        check_node(node, "model.backbone")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vwl_lightning.errors import ConfigError
-from vwl_lightning.models.pooling import GlobalAveragePooling, HybridPooling, build_pooling
+from vwl_lightning.models.pooling import GlobalAveragePooling, HybridPooling
+from vwl_lightning.utils.instantiate import build, check_node
 
 
 def numpy_hybrid_pool(x: np.ndarray, gamma: float, levels: tuple[int, ...]) -> np.ndarray:
@@ -73,17 +74,24 @@ def test_gradient_flows_to_max_locations_and_everywhere_through_gap() -> None:
     assert grad[3, 3].item() == pytest.approx(0.4 / 16 + 0.2 + 0.2 / 4 + 0.2 / 16)
 
 
-def test_gap_and_builder() -> None:
+def test_gap_and_target_nodes() -> None:
     x = torch.randn(2, 4, 6, 6)
     torch.testing.assert_close(GlobalAveragePooling()(x), x.mean(dim=(2, 3)))
-    assert isinstance(build_pooling("hybrid", gamma=1.0), HybridPooling)
-    with pytest.raises(ConfigError, match="model.pool.kind"):
-        build_pooling("lse")
+    pool = build({"_target_": "vwl_lightning.models.pooling.HybridPooling", "gamma": 1.0}, "model.pool")
+    assert isinstance(pool, HybridPooling) and pool.gamma == 1.0 and pool.levels == (1, 2, 4)
+    with pytest.raises(ConfigError, match=r"^model\.pool\._target_='vwl_lightning\.models\.pooling\.Lse': expected"):
+        build({"_target_": "vwl_lightning.models.pooling.Lse"}, "model.pool")
 
 
-def test_negative_gamma_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"model\.pool\.gamma must be >= 0.*-1"):
+def test_negative_gamma_is_a_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^gamma=-1\.0: expected a number >= 0$"):
         HybridPooling(gamma=-1.0)
+    node = {"_target_": "vwl_lightning.models.pooling.HybridPooling", "gamma": -1.0}
+    for attempt in (lambda: build(node, "model.pool"), lambda: check_node(node, "model.pool")):
+        with pytest.raises(ConfigError, match=r"^model\.pool\.gamma=-1\.0: expected a number >= 0$"):
+            attempt()
+    with pytest.raises(ConfigError, match=r"^model\.pool\.levels=\[0\]: expected a non-empty list of integers"):
+        check_node({**node, "gamma": 2.0, "levels": [0]}, "model.pool")
 
 
 def test_map_smaller_than_finest_level_is_explained() -> None:

@@ -14,24 +14,32 @@ from omegaconf import OmegaConf
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.stages.config_checks import RULES, Rule, check_value, validate_config
 from vwl_lightning.stages.make_cams import resolve_checkpoint
-from vwl_lightning.utils.config import CONF_DIR
+from vwl_lightning.utils.config import config_dir
 from vwl_lightning.utils.manifest import write_manifest
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("model.codebook.size=abc", "model.codebook.size='abc': expected an integer >= 1"),
     ("model.codebook.size=2.5", "model.codebook.size=2.5: expected an integer >= 1"),
-    ("model.codebook.size=0", "model.codebook.size=0: expected a value >= 1"),
+    ("model.codebook.size=0", "model.codebook.size=0: expected an integer >= 1"),
     ("model.pool.gamma=abc", "model.pool.gamma='abc': expected a number >= 0"),
-    ("model.pool.gamma=-1", "model.pool.gamma=-1: expected a value >= 0"),
+    ("model.pool.gamma=-1", "model.pool.gamma=-1: expected a number >= 0"),
     ("model.pool.gamma=true", "model.pool.gamma=True: expected a number >= 0"),
-    ("model.codebook.kind=vq", "model.codebook.kind='vq': expected one of none, learned, memory"),
+    ("model.pool._target_=vwl_lightning.models.pooling.Lse",
+     "model.pool._target_='vwl_lightning.models.pooling.Lse': expected an importable class or function (module.Name)"),
+    ("+model.pool.kind=lse", "model.pool.kind: vwl_lightning.models.pooling.HybridPooling has no argument 'kind'; "
+                             "expected one of gamma, levels"),
+    ("model.optimizer.lr=-0.1", "model.optimizer: Invalid learning rate: -0.1"),
+    ("model.scheduler.power=-1", "model.scheduler.power=-1: expected a number >= 0"),
+    ("+trainer.max_epochs=3", "trainer.max_epochs=3: each stage has its own schedule; set model.max_epochs, "
+                              "segmenter.max_epochs and irn.max_epochs instead"),
     ("cam.scales=[1.0,0]", "cam.scales=[1.0, 0]: expected a non-empty list of positive numbers"),
     ("seeds.bg_score=1.5", "seeds.bg_score=1.5: expected a value >= 0 and <= 1"),
     ("pseudo.bg_score=x", "pseudo.bg_score='x': expected a number >= 0 and <= 1"),
     ("segmenter.batch_size=4.0", "segmenter.batch_size=4.0: expected an integer >= 1"),
     ("data.source.generator.num_train=many", "data.source.generator.num_train='many': expected an integer >= 1"),
-    ("model.backbone.input_scale=0", "model.backbone.input_scale=0: expected a value > 0 and <= 16"),
+    ("model.backbone.input_scale=0", "model.backbone.input_scale=0: expected a number > 0 and < 16"),
+    ("model.backbone.input_scale=16", "model.backbone.input_scale=16: expected a number > 0 and < 16"),
 ])
 def test_bad_values_are_one_line_naming_the_key(override: str, message: str, make_config) -> None:
     cfg = make_config(override)
@@ -50,7 +58,7 @@ def test_irn_on_a_rescaled_classifier_trunk_is_refused(make_config) -> None:
     assert cfg.irn.backbone.input_scale == 1.0 and cfg.model.backbone.input_scale == 2.0
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml")))
 def test_every_shipped_experiment_passes(experiment: str, make_config) -> None:
     validate_config(make_config(f"+experiment={experiment}", tiny=False))
 

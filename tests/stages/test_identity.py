@@ -120,7 +120,7 @@ def test_the_backbone_input_scale_counts_only_away_from_its_default(make_config)
 def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(first_run: SimpleNamespace,
                                                                             tmp_path: Path) -> None:
     """Scenarios 1 and 2. (1) gamma=4 in the same folder: refused, one line naming the key and both values,
-    nothing touched. (2) classifier/ and cams/ deleted, re-run with codebook.kind=none: the seeds are redone
+    nothing touched. (2) classifier/ and cams/ deleted, re-run with model/codebook=none: the seeds are redone
     because their upstream changed, and results.json equals a fresh evaluation of the current CAMs."""
     run_dir = copy_of(first_run, tmp_path / "run")
     before = mtimes(run_dir)
@@ -131,7 +131,7 @@ def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(fir
     old_seeds = read_manifest(run_dir / "seeds")
     shutil.rmtree(run_dir / "classifier")
     shutil.rmtree(run_dir / "cams")
-    cfg = compose_config([*TINY, "pipeline=[classifier,cams,seeds]", "model.codebook.kind=none"], run_dir,
+    cfg = compose_config([*TINY, "pipeline=[classifier,cams,seeds]", "model/codebook=none"], run_dir,
                          first_run.cache)
     headline = run(cfg)
     seeds = read_manifest(run_dir / "seeds")

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from fixtures_models import kind_of
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.modules.emanet import EMANetModule
 from vwl_lightning.modules.segmenter import SegmenterModule
@@ -29,7 +30,7 @@ def test_paper_row_experiments_compose(make_config) -> None:
     coco_m = make_config("+experiment=voc_vwl_m_coco_init", "segmenter.backbone.weights_path=/w/coco.pth", tiny=False)
     for cfg, codebook in ((coco_l, "learned"), (coco_m, "memory")):
         s = cfg.segmenter
-        assert cfg.model.codebook.kind == codebook and s.arch == "deeplabv2"
+        assert kind_of(cfg.model.codebook) == codebook and s.arch == "deeplabv2"
         assert s.backbone.name == "caffe_resnet101" and s.backbone.pretrained == "file" and s.backbone.fixed_bn
         assert s.optim.lr == 1e-3 and s.batch_size == 10 and s.max_steps == 20000 and s.msc.enabled
         assert s.optim.lr_grouping in ("corrected", "faithful") and s.optim.train_bn is False
@@ -42,7 +43,7 @@ def test_paper_row_experiments_compose(make_config) -> None:
     assert s.batch_size == 16 and s.max_steps == 30000 and s.train_transform.crop_size == 513
     assert list(s.train_transform.scales) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     assert s.loss.normalise == "pixels" and s.eval.pad_8k1 and ema.trainer.sync_batchnorm is True
-    assert ema.model.codebook.kind == "learned"
+    assert kind_of(ema.model.codebook) == "learned"
 
 
 def test_bad_arch_and_backbone_init_are_refused(make_config) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from fixtures_models import kind_of
 from vwl_lightning.data.label_png import write_label_png
 from vwl_lightning.data.voc import ClassificationDataset, VOCLayout
 from vwl_lightning.errors import ConfigError, DataError
@@ -29,19 +30,19 @@ def test_every_experiment_composes_and_builds(experiment: str, make_config) -> N
     cfg = make_config(f"+experiment={experiment}", "model.backbone.pretrained=none", tiny=False)
     OmegaConf.to_container(cfg.model, resolve=True)  # every interpolation resolves
     module = build_module(cfg, num_foreground=5, class_names=[f"c{i}" for i in range(6)])
-    kind = cfg.model.codebook.kind
+    kind = kind_of(cfg.model.codebook)
     expected = {"none": type(None), "learned": LearnedCodebook, "memory": MemoryBankCodebook}[kind]
     assert isinstance(module.model.codebook, expected)
-    pool = {"gap": GlobalAveragePooling, "hybrid": HybridPooling}[cfg.model.pool.kind]
+    pool = {"gap": GlobalAveragePooling, "hybrid": HybridPooling}[kind_of(cfg.model.pool)]
     assert isinstance(module.model.pooling, pool)
     assert cfg.name == experiment
 
 
 def test_experiment_switches(make_config) -> None:
     base = make_config("+experiment=synthetic_baseline")
-    assert (base.model.pool.kind, base.model.codebook.kind) == ("gap", "none")
+    assert (kind_of(base.model.pool), kind_of(base.model.codebook)) == ("gap", "none")
     vwl_m = make_config("+experiment=synthetic_vwl_m", "model.codebook.size=16", "model.pool.gamma=0")
-    assert (vwl_m.model.codebook.kind, vwl_m.model.codebook.size, vwl_m.model.pool.gamma) == ("memory", 16, 0)
+    assert (kind_of(vwl_m.model.codebook), vwl_m.model.codebook.size, vwl_m.model.pool.gamma) == ("memory", 16, 0)
 
 
 def fixed_batches(datamodule, count: int) -> list[dict]:
@@ -103,9 +104,10 @@ def test_memory_bank_is_saved_in_the_checkpoint(make_config) -> None:
 @pytest.mark.parametrize(
     ("override", "error", "message"),
     [
-        ("model.codebook.size=0", ConfigError, r"model\.codebook\.size must be a positive.*got 0"),
-        ("model.pool.gamma=-1", ConfigError, r"model\.pool\.gamma must be >= 0.*got -1"),
-        ("model.backbone.name=resnet999", ConfigError, r"model\.backbone\.name: unknown ResNet backbone 'resnet999'"),
+        ("model.codebook.size=0", ConfigError, r"^model\.codebook\.size=0: expected an integer >= 1$"),
+        ("model.pool.gamma=-1", ConfigError, r"^model\.pool\.gamma=-1: expected a number >= 0$"),
+        ("model.backbone.name=resnet999", ConfigError, r"^model\.backbone\.name='resnet999': expected a timm model"),
+        ("model.loss.word=-1", ConfigError, r"^model\.loss\.word=-1: expected a number >= 0$"),
     ],
 )
 def test_bad_model_settings_name_the_key(override: str, error, message: str, make_config) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import QUIET_TRAINER, TINY_DATA
-from vwl_lightning.models.backbone import Backbone
+from fixtures_models import kind_of
 from vwl_lightning.stages.config_checks import validate_config
 from vwl_lightning.stages.pipeline import TIMINGS
 from vwl_lightning.studies.ablation import (
@@ -24,6 +23,7 @@ from vwl_lightning.studies.ablation import (
     shown_measures,
     variant_config,
 )
+from vwl_lightning.utils.instantiate import build
 
 # (pooling, codebook) of each variant of the issue
 VARIANT_SWITCHES = {"plain CAM": ("gap", "none"), "+ hybrid pooling": ("hybrid", "none"), "+ VWL-L": ("gap", "learned"),
@@ -148,11 +148,11 @@ def test_the_pretrained_ablation_config(variant: str, tmp_path: Path) -> None:
     cfg = variant_config(variant, 1, tmp_path, ["model=efficientnet_lite0_synthetic", "pseudo.mode=irn"])
     validate_config(cfg)
     expected = {k: v for k, v in zip(("pool", "codebook"), VARIANT_SWITCHES[variant], strict=True)}
-    assert cfg.model.pool.kind == expected["pool"] and cfg.model.codebook.kind == expected["codebook"]
+    assert kind_of(cfg.model.pool) == expected["pool"] and kind_of(cfg.model.codebook) == expected["codebook"]
     assert cfg.model.backbone.name == "tf_efficientnet_lite0" and cfg.model.backbone.input_scale == 2.0
-    assert cfg.model.optim.lr == 0.01 and cfg.model.optim.momentum == 1.0e-4 and cfg.model.backbone.fixed_bn
+    assert cfg.model.optimizer.lr == 0.01 and cfg.model.optimizer.momentum == 1.0e-4 and cfg.model.backbone.fixed_bn
     assert cfg.irn.backbone.input_scale == 1.0 and cfg.irn.backbone_source == "imagenet"
     if variant == "plain CAM":  # the network itself once: 224 px reach the trunk
-        backbone = Backbone(**OmegaConf.to_container(cfg.model.backbone, resolve=True)).eval()
+        backbone = build(cfg.model.backbone, "model.backbone").eval()
         with torch.no_grad():
             assert backbone(torch.zeros(1, 3, 112, 112)).shape == (1, 1280, 14, 14)

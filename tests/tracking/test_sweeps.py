@@ -61,10 +61,12 @@ def test_sensitivity_curves_follow_each_knob(tmp_path: Path) -> None:
 
     rows = [{"model.codebook.size": k, "model.pool.gamma": g, "cam_seed_miou_best": 0.1 * i}
             for i, (k, g) in enumerate([("16", "2"), ("64", "2"), ("256", "2"), ("256", "0"), ("256", "4")])]
-    ks, gammas, grid = heatmap_grid(rows)
+    row_key, column_key, ks, gammas, grid = heatmap_grid(rows)
+    assert (row_key, column_key) == ("model.codebook.size", "model.pool.gamma")
     assert ks == [16.0, 64.0, 256.0] and gammas == [0.0, 2.0, 4.0]
     assert grid[2, 0] == pytest.approx(0.3) and grid[0, 1] == 0.0 and np.isnan(grid[0, 0])
     assert sensitivity_curves(tmp_path / "curves.png", rows)
+    assert heatmap_grid([{**r, "seed": "1"} for r in rows[:3]]) is None  # one knob varies: no heat map
     assert not sensitivity_curves(tmp_path / "none.png", rows[:1])
     assert not (tmp_path / "none.png").exists()
 

@@ -37,5 +37,6 @@ def test_wandb_logger_is_built_without_the_deprecated_anonymous_setting(tmp_path
     from vwl_lightning.tracking.loggers import build_logger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    logger = build_logger({"kind": "wandb", "mode": "offline"}, tmp_path, stage="cams", group="g")
+    node = {"_target_": "pytorch_lightning.loggers.WandbLogger", "mode": "offline"}
+    logger = build_logger(node, tmp_path, stage="cams", group="g")
     assert "anonymous" not in logger._wandb_init and logger._wandb_init["job_type"] == "cams"
