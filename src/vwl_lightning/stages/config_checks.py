@@ -6,7 +6,7 @@ Run by :func:`vwl_lightning.stages.pipeline.run` before any data is touched. Two
   the other stages' networks) is checked by its own class, without building it
   (:func:`~vwl_lightning.utils.instantiate.check_node`: the class's ``check_arguments``; an optimiser is
   built over a dummy parameter, so torch's own checks run). The class holds the check and the default; the
-  line names the key (``model.pool.gamma=-1.0: expected a number >= 0``);
+  line names the key (``model.codebook.tau=0: expected a number > 0``);
 * the settings that are no object's arguments (data, stage schedules, CAM, seed and pseudo-mask settings)
   against :data:`RULES`. Hydra hands a command-line value over as whatever it parses to (``=abc`` is the
   string ``"abc"``, ``=2.5`` a float), so each rule states the kind it needs: ``int`` (an integer, not a

@@ -25,7 +25,7 @@ def config_dir() -> str:
 def run_tag(override_dirname: str) -> str:
     """The run folder's last part for a set of task overrides (Hydra's ``override_dirname``, keys sorted):
     ``default`` for none, the overrides themselves when short and made of safe characters
-    (``model.pool.gamma=4``), else ``overrides-`` and 10 hex digits of their SHA-256."""
+    (``seed=2``), else ``overrides-`` and 10 hex digits of their SHA-256."""
     if not override_dirname:
         return "default"
     if READABLE_TAG.match(override_dirname) and "/" not in override_dirname:

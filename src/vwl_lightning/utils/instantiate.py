@@ -3,7 +3,7 @@
 A configurable class checks its own arguments, once, in the class: it raises :class:`ArgumentError` naming
 the argument, and a class whose construction is expensive (a backbone) exposes the same checks as a
 ``check_arguments`` classmethod that ``__init__`` calls first. :func:`build` adds the node's config key to
-such an error, so the user reads ``model.pool.gamma=-1.0: expected a number >= 0``; :func:`check_node` runs
+such an error, so the user reads ``<key>.<argument>=<value>: expected ...``; :func:`check_node` runs
 the checks of a node without building it, for the start-up checks before any expensive work.
 """
 
