@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import QUIET_TRAINER, TINY_DATA, compose_config
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.errors import ConfigError
-from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
+from vwl_lightning.stages.evaluate_seeds import evaluate_seeds, sweep_scores
 from vwl_lightning.stages.identity import (
     IDENTITY,
     differences,
@@ -24,7 +24,7 @@ from vwl_lightning.stages.identity import (
     stage_identity,
     stage_settings,
 )
-from vwl_lightning.stages.pipeline import inherit_for_single_stage, run, sweep_scores
+from vwl_lightning.stages.pipeline import inherit_for_single_stage, run
 from vwl_lightning.utils.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")

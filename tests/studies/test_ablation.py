@@ -11,9 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import QUIET_TRAINER, TINY_DATA
+from vwl_lightning.evaluation.reports import TIMINGS
 from vwl_lightning.models.backbone import Backbone
 from vwl_lightning.stages.config_checks import validate_config
-from vwl_lightning.stages.pipeline import TIMINGS
 from vwl_lightning.studies.ablation import (
     IRN_RUN,
     MEASURES,
