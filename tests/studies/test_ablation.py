@@ -25,7 +25,7 @@ from vwl_lightning.studies.ablation import (
     variant_config,
 )
 
-# (pooling, codebook) of each variant of the issue
+# (pooling, codebook) of each variant of the ablation (studies.ablation.VARIANTS)
 VARIANT_SWITCHES = {"plain CAM": ("gap", "none"), "+ hybrid pooling": ("hybrid", "none"), "+ VWL-L": ("gap", "learned"),
                     "+ VWL-M": ("gap", "memory"), "VWL-L + hybrid pooling": ("hybrid", "learned"),
                     "VWL-M + hybrid pooling": ("hybrid", "memory")}
