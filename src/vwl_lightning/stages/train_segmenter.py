@@ -10,7 +10,7 @@ Outputs, under ``segmenter.out_dir`` (default ``<run_dir>/segmenter/``)::
     eval_crf/...                   the same after dense-CRF post-processing (when segmenter.eval.crf)
     manifest.json                  written last: inputs, settings, training and evaluation metrics
 
-Test-time prediction (spec §7, :func:`~vwl_lightning.evaluation.test_time.predict_probs`): multi-scale
+Test-time prediction (spec §7, :func:`~vwl_lightning.evaluation.multiscale.predict_probs`): multi-scale
 (``eval.scales``) + flip (``eval.flip``) logits fused by ``eval.fusion``; P = softmax(fused logits),
 prediction = argmax P.
 CRF variant: ``Q = CRF(image, P)`` with ``eval.crf_preset`` (spec §7: ``deeplab_test``;
@@ -50,8 +50,8 @@ from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
 from vwl_lightning.errors import ConfigError, DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
+from vwl_lightning.evaluation.multiscale import predict_probs
 from vwl_lightning.evaluation.reports import write_segmentation_report
-from vwl_lightning.evaluation.test_time import predict_probs
 from vwl_lightning.models.caffe_deeplab import CAFFE_BACKBONE, caffe_input_norm
 from vwl_lightning.modules.emanet import EMANetModule
 from vwl_lightning.modules.segmenter import SegmenterModule

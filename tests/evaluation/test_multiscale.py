@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vwl_lightning.evaluation.test_time import predict_probs
+from vwl_lightning.evaluation.multiscale import predict_probs
 
 
 def test_predict_probs_fuses_scales_and_flips() -> None:
