@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-full lint bench samples ablation ablation-pretrained sensitivity dials clean
+.PHONY: install run test test-full lint bench samples ablation ablation-pretrained sensitivity dials refinement clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ sensitivity: install
 dials: install
 	$(PY) -m vwl_lightning.studies.dials --sharing 1.0 0.5 --cooccurrence 0.8 0.1 --seeds 1 2 --extra-seed 3 \
 		--out runs/dials
+
+# README's refinement study: CRF vs IRN masks (three IRN trunks), DeepLabV2 vs EMANet, per seed (resumable)
+refinement: install
+	$(PY) -m vwl_lightning.studies.refinement --seeds 1 2 3 --out runs/refinement_study
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

@@ -220,7 +220,8 @@ def walk_section(report: Report, device: torch.device, smoke: bool) -> None:
 def segmenter_section(report: Report, cfg_for: Callable[..., Any], device: torch.device, smoke: bool,
                       steps: int) -> None:
     from vwl_lightning.data.meta import VOC_CLASSES
-    from vwl_lightning.stages.train_segmenter import build_module, predict_probs
+    from vwl_lightning.evaluation.multiscale import predict_probs
+    from vwl_lightning.stages.train_segmenter import build_module
 
     crop, batch_size = (65, 2) if smoke else (321, 10)
     cfg = cfg_for("segmenter.backbone.pretrained=none")

@@ -8,7 +8,7 @@ Floors, bottom to top (docs/architecture.md)::
     2  cam, pseudo, evaluation, tracking
     3  modules            (LightningModules)
     4  stages             (one task per stage + pipeline)
-    5  studies            (many runs)
+    5  studies, inference (many runs; a finished run on your own images, export)
     6  __main__, predict, export   (command-line entry points)
 """
 
@@ -23,7 +23,7 @@ FLOORS = {
     "__init__": 0, "errors": 0, "utils": 0,
     "data": 1, "models": 1,
     "cam": 2, "pseudo": 2, "evaluation": 2, "tracking": 2,
-    "modules": 3, "stages": 4, "studies": 5, "__main__": 6, "predict": 6, "export": 6,
+    "modules": 3, "stages": 4, "studies": 5, "inference": 5, "__main__": 6, "predict": 6, "export": 6,
 }
 LONG_FILE_LINES = 520
 LONG_FILE_REASON = "longer than ~500 lines because"

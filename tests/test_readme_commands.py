@@ -250,7 +250,7 @@ def run_readme(commands: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pyt
         assert code == 0, f"{command}\n{text}"
 
 
-@pytest.mark.slow  # ~30 s on 2 shared cores; tests/stages/test_predict.py covers predict in the default suite
+@pytest.mark.slow  # ~30 s on 2 shared cores; tests/inference/test_predict.py covers predict in the default suite
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 def test_predict_and_irn_commands_run(make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""Loading (issue scenario 9): the declared torch floor has the safe weights_only loader and is enforced at
+"""Loading: the declared torch floor has the safe weights_only loader and is enforced at
 import with one line that does not advise turning it off; every load site in the source passes
 ``weights_only=True`` explicitly."""
 

@@ -18,12 +18,6 @@ class DataError(VWLError, ValueError):
     """A data file or folder is missing, unreadable or inconsistent."""
 
 
-def require(condition: bool, message: str, kind: type[VWLError] = ConfigError) -> None:
-    """Raise ``kind(message)`` unless ``condition`` holds."""
-    if not condition:
-        raise kind(message)
-
-
 def load_error_text(exc: BaseException) -> str:
     """Why a checkpoint did not load, in a few words: a pickle payload refused by the ``weights_only=True``
     loader is said to be refused (torch's own text suggests disabling the check, which we never advise);

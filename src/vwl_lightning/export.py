@@ -1,5 +1,5 @@
 """``python -m vwl_lightning.export``: the segmenter and the classifier's CAM head to TorchScript and ONNX
-(thin CLI over :mod:`vwl_lightning.stages.export`).
+(thin CLI over :mod:`vwl_lightning.inference.export`).
 
     python -m vwl_lightning.export runs/synthetic_vwl_l --out exported/
 """
@@ -14,7 +14,7 @@ from vwl_lightning.errors import VWLError
 
 
 def parser() -> argparse.ArgumentParser:
-    from vwl_lightning.stages.export import FORMATS, MODELS
+    from vwl_lightning.inference.export import FORMATS, MODELS
 
     p = argparse.ArgumentParser(
         prog="python -m vwl_lightning.export",
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vwl_lightning.stages.export import export
+    from vwl_lightning.inference.export import export
     from vwl_lightning.utils.noise import filter_third_party_noise
 
     filter_third_party_noise()

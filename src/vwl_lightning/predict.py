@@ -1,5 +1,5 @@
 """``python -m vwl_lightning.predict``: a trained model on your own images (thin CLI over
-:mod:`vwl_lightning.stages.predict`).
+:mod:`vwl_lightning.inference.predict`).
 
     python -m vwl_lightning.predict runs/synthetic_vwl_l photos/ --out predictions/
     python -m vwl_lightning.predict runs/synthetic_vwl_l photos/ --out cams/ --cams [--labels cat dog]
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run; exit status 0 when every image was written, 1 when some failed, 2 on bad input."""
-    from vwl_lightning.stages.predict import CamSettings, MaskSettings, crf_settings, predict_cams, predict_masks
+    from vwl_lightning.inference.predict import CamSettings, MaskSettings, crf_settings, predict_cams, predict_masks
     from vwl_lightning.utils.noise import filter_third_party_noise
 
     filter_third_party_noise()

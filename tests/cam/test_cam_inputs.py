@@ -78,7 +78,7 @@ def test_pil_bicubic_inputs_equal_pil_resize_on_real_photos(photos: PhotoLayout)
             ref = pil_reference(photos.image_path(image_id), scale).astype(np.float64)
             assert x.shape == (3, *ref.shape[:2]) == (3, *scaled_size(*item["image"].shape[-2:], scale))
             got = grey_levels(x)
-            assert np.abs(got - ref).max() <= 1.0, (image_id, scale)  # the bar: within one grey level
+            assert np.abs(got - ref).max() <= 1.0, (image_id, scale)  # within one grey level of the reference
             # rounded to uint8 before normalising: the grey levels are integers up to float32 rounding
             assert np.abs(got - np.round(got)).max() < 2e-3 and np.abs(got - ref).max() < 2e-3
 

@@ -265,7 +265,7 @@ def test_checker_on_incomplete_coco(converted) -> None:
 
 
 def test_json_with_zero_annotations_is_refused(coco, tmp_path: Path) -> None:
-    """Issue scenario 8a: zero annotations used to exit 0 with an empty split list."""
+    """An instances JSON with zero annotations is refused (not converted into an empty split list)."""
     blob = json.loads(coco.instances_json.read_text())
     blob["annotations"] = []
     empty = tmp_path / "instances_empty.json"
@@ -277,8 +277,8 @@ def test_json_with_zero_annotations_is_refused(coco, tmp_path: Path) -> None:
 
 
 def test_converting_another_json_into_the_same_folder_is_refused(converted, tmp_path: Path) -> None:
-    """Issue scenario 8b: a second JSON for the same images (moved annotations) used to keep the first
-    JSON's masks; now refused, naming both files, and the first masks stay as they were."""
+    """A second JSON for the same images (moved annotations) into the same folder is refused, naming both
+    files, and the first JSON's masks stay as they were."""
     coco, out, _ = converted
     blob = json.loads(coco.instances_json.read_text())
     for ann in blob["annotations"]:

@@ -421,7 +421,7 @@ def test_checker_module_exit_status(voc_sbd) -> None:
 
 
 def test_deep_check_catches_a_truncated_jpeg_and_a_mask_value_of_37(tmp_path: Path, capsys) -> None:
-    """Issue scenario 6: both used to pass `--deep` ("status: complete")."""
+    """`--deep` reports a truncated JPEG and a mask value of 37 (the layout is not complete)."""
     from vwl_lightning.data.check_layout import check_masks_before_training
 
     voc = make_voc_fixture(tmp_path, n_train=3, n_val=2, n_extra=0, with_aug=True)
@@ -454,7 +454,7 @@ def test_deep_check_catches_a_truncated_jpeg_and_a_mask_value_of_37(tmp_path: Pa
 
 
 def test_pipeline_finds_a_bad_train_mask_before_training(tmp_path: Path, make_config, monkeypatch) -> None:
-    """Issue scenario 6b: a bad train mask used to surface at the seeds stage, after training and CAMs."""
+    """A bad train mask is reported before the classifier trains, not at the seeds stage after training and CAMs."""
     import vwl_lightning.stages.train_classifier as train_stage
     from vwl_lightning.stages.pipeline import run
 

@@ -14,9 +14,9 @@ from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.evaluation.metrics import (
     BackgroundSweep,
     SegmentationConfusion,
-    default_bg_scores,
     scores_from_confusion,
 )
+from vwl_lightning.stages.evaluate_seeds import sweep_scores
 
 
 def numpy_confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
@@ -136,7 +136,7 @@ def _random_cams(rng: np.random.Generator, shape: tuple[int, int], k: int, dtype
 def test_background_sweep_equals_separate_runs_exactly() -> None:
     rng = np.random.default_rng(1)
     num_classes = 7
-    scores = default_bg_scores()
+    scores = sweep_scores()
     assert len(scores) == 56 and scores[0] == 0.05 and scores[-1] == 0.6
     sweep = BackgroundSweep(num_classes, scores)
     reference = np.zeros((len(scores), num_classes, num_classes), dtype=np.int64)

@@ -14,7 +14,7 @@ from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.stages import pipeline
-from vwl_lightning.tracking.pictures import CAPTION, cam_overlay
+from vwl_lightning.tracking.pictures import CAPTION, cam_overlay, write_cam_grid
 
 
 def fake_cams(cfg, folder: Path, count: int):
@@ -33,7 +33,7 @@ def fake_cams(cfg, folder: Path, count: int):
 def test_grid_shows_each_class_cam_with_its_name(make_config, tmp_path: Path) -> None:
     cfg = make_config()
     data, ids = fake_cams(cfg, tmp_path / "cams", 3)
-    path = pipeline.write_cam_grid(tmp_path / "cams", data, "train", 3, 0.13, tmp_path / "grid.png")
+    path = write_cam_grid(tmp_path / "cams", data, "train", 3, 0.13, tmp_path / "grid.png")
     picture = np.asarray(Image.open(path).convert("RGB"))
     first = load_rgb(data.layout.image_path(ids[0]))
     gt = read_label_png(data.layout.mask_path(ids[0]))

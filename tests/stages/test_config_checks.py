@@ -1,4 +1,4 @@
-"""Start-up value checks (issue scenario 5): bad values are one line naming the key, before any data or
+"""Start-up value checks: bad values are one line naming the key, before any data or
 training; every shipped experiment passes them."""
 
 from __future__ import annotations

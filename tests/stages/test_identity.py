@@ -1,4 +1,4 @@
-"""Run identity (issue scenarios 1-3 and single stages inheriting settings): a stage is reused only when its
+"""Run identity: a stage is reused only when its
 fingerprint matches; a changed key is refused naming it (or redone with ``recompute``); a redone upstream
 redoes what follows; an interrupted stage never resumes under other settings; a stage run alone takes the
 data settings recorded in the folder it is given."""
@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import QUIET_TRAINER, TINY_DATA, compose_config
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.errors import ConfigError
-from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
+from vwl_lightning.stages.evaluate_seeds import evaluate_seeds, sweep_scores
 from vwl_lightning.stages.identity import (
     IDENTITY,
     differences,
@@ -24,7 +24,7 @@ from vwl_lightning.stages.identity import (
     stage_identity,
     stage_settings,
 )
-from vwl_lightning.stages.pipeline import inherit_for_single_stage, run, sweep_scores
+from vwl_lightning.stages.pipeline import inherit_for_single_stage, run
 from vwl_lightning.utils.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,7 +119,7 @@ def test_the_backbone_input_scale_counts_only_away_from_its_default(make_config)
 
 def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(first_run: SimpleNamespace,
                                                                             tmp_path: Path) -> None:
-    """Scenarios 1 and 2. (1) gamma=4 in the same folder: refused, one line naming the key and both values,
+    """(1) gamma=4 in the same folder: refused, one line naming the key and both values,
     nothing touched. (2) classifier/ and cams/ deleted, re-run with model/codebook=none: the seeds are redone
     because their upstream changed, and results.json equals a fresh evaluation of the current CAMs."""
     run_dir = copy_of(first_run, tmp_path / "run")
@@ -173,7 +173,7 @@ def test_recompute_redoes_a_stage_whose_settings_changed(first_run: SimpleNamesp
 
 def test_interrupted_crf_then_another_bg_score_never_mixes_masks(first_run: SimpleNamespace, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Scenario 3 through the pipeline: CRF stage redone and interrupted after 2 masks with bg_score 0.15,
+    """Through the pipeline: CRF stage redone and interrupted after 2 masks with bg_score 0.15,
     then bg_score=0.40: refused naming the key; with recompute every mask is made under 0.40."""
     import vwl_lightning.stages.make_pseudo_masks as pseudo_stage
 
@@ -203,9 +203,9 @@ def test_interrupted_crf_then_another_bg_score_never_mixes_masks(first_run: Simp
 
 
 def test_a_stage_run_alone_takes_the_data_settings_of_its_input(first_run: SimpleNamespace, tmp_path: Path) -> None:
-    """Issue 14: `stage=cams cam.classifier_dir=<tiny run>/classifier` with the default data config used to
-    generate and use the 1,600-image data set; now it takes the 48-image settings the classifier recorded,
-    and a contradicting command-line override is refused naming the key."""
+    """`stage=cams cam.classifier_dir=<tiny run>/classifier` with the default data config takes the 48-image
+    data settings the classifier recorded (not the default 1,600-image data set), and a contradicting
+    command-line override is refused naming the key."""
     classifier = first_run.run_dir / "classifier"
     cfg = compose_config([*QUIET_TRAINER, "stage=cams", f"cam.classifier_dir={classifier}"], tmp_path / "alone",
                          first_run.cache)

@@ -110,7 +110,7 @@ def test_kill_and_rerun_redoes_only_missing_or_broken_masks(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("previous", ["interrupted", "no manifest"])
 def test_interrupted_run_and_another_setting_never_mix_masks(previous: str, tmp_path: Path) -> None:
-    """Issue scenario 3: masks of an interrupted run with bg_score 0.15, re-run with 0.40: refused, naming the
+    """Masks of an interrupted run with bg_score 0.15, re-run with 0.40: refused, naming the
     key and both values; nothing in the folder is touched, and no manifest labels the old masks as 0.40."""
     layout, cam_dir, keys = build_fixture(tmp_path / "voc")
     ids = list(keys)

@@ -49,8 +49,8 @@ def test_killed_classifier_resumes_from_its_last_checkpoint(tmp_path: Path, cach
 
 def test_truncated_last_checkpoint_is_named_set_aside_and_not_resumed_from(tmp_path: Path, cache_dir: Path,
                                                                           caplog) -> None:
-    """Issue scenario 4: a last.ckpt cut short by a full disk used to be resumed from and die inside
-    Lightning (`PytorchStreamReader failed reading zip archive`) without naming the file."""
+    """A last.ckpt cut short by a full disk is named and set aside, not resumed from (resuming from it dies
+    inside Lightning with `PytorchStreamReader failed reading zip archive`, naming no file)."""
     import logging
 
     run_dir = tmp_path / "run"

@@ -30,7 +30,6 @@ from vwl_lightning.stages.train_segmenter import (
     build_datamodule,
     build_module,
     load_segmenter,
-    predict_probs,
     train_segmenter,
 )
 from vwl_lightning.utils.manifest import read_manifest
@@ -290,21 +289,6 @@ def test_final_checkpoint_reloads_without_the_initial_weights(trained: SimpleNam
     module = load_segmenter(tmp_path / "moved.ckpt")
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, blob["state_dict"][key])
-
-
-def test_predict_probs_fuses_scales_and_flips() -> None:
-    class Identity:
-        """Logits = the first 3 input channels: un-mirroring must restore them exactly."""
-
-        def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-            return x[:, :3]
-
-    x = torch.randn(2, 3, 16, 20)
-    torch.testing.assert_close(predict_probs(Identity(), x, [1.0], True, "mean"), torch.softmax(x, 1))
-    small = F.interpolate(F.interpolate(x, size=(8, 10), mode="bilinear", align_corners=False), size=(16, 20),
-                          mode="bilinear", align_corners=False)
-    torch.testing.assert_close(predict_probs(Identity(), x, [1.0, 0.5], False, "max"),
-                               torch.softmax(torch.maximum(x, small), 1))
 
 
 def test_loss_falls_on_tiny_data(trained: SimpleNamespace, make_config) -> None:

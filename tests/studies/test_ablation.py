@@ -11,8 +11,8 @@ import torch
 
 from conftest import QUIET_TRAINER, TINY_DATA
 from fixtures_models import kind_of
+from vwl_lightning.evaluation.reports import TIMINGS
 from vwl_lightning.stages.config_checks import validate_config
-from vwl_lightning.stages.pipeline import TIMINGS
 from vwl_lightning.studies.ablation import (
     IRN_RUN,
     MEASURES,
@@ -25,7 +25,7 @@ from vwl_lightning.studies.ablation import (
 )
 from vwl_lightning.utils.instantiate import build
 
-# (pooling, codebook) of each variant of the issue
+# (pooling, codebook) of each variant of the ablation (studies.ablation.VARIANTS)
 VARIANT_SWITCHES = {"plain CAM": ("gap", "none"), "+ hybrid pooling": ("hybrid", "none"), "+ VWL-L": ("gap", "learned"),
                     "+ VWL-M": ("gap", "memory"), "VWL-L + hybrid pooling": ("hybrid", "learned"),
                     "VWL-M + hybrid pooling": ("hybrid", "memory")}

@@ -1,5 +1,5 @@
 """Checkpoints: written to a temporary name in their own folder and renamed (never staged in /tmp); a
-truncated resume point is named, set aside as *.corrupt and not resumed from (issue scenario 4)."""
+truncated resume point is named, set aside as *.corrupt and not resumed from."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Atomic writes: permissions follow the umask (issue scenario 7), an OSError such as ENOSPC becomes one line
-naming the path (scenario 5), and nothing partial is left under the final or a temporary name."""
+"""Atomic writes: permissions follow the umask, an OSError such as ENOSPC becomes one line naming the path,
+and nothing partial is left under the final or a temporary name."""
 
 from __future__ import annotations
 

@@ -28,13 +28,6 @@ from vwl_lightning.data.meta import IGNORE_INDEX
 from vwl_lightning.errors import ConfigError, DataError
 
 
-def default_bg_scores(start: float = 0.05, stop: float = 0.60, step: float = 0.01) -> list[float]:
-    """Background scores of the seed sweep: ``start, start+step, ..., stop`` (inclusive)."""
-    if step <= 0 or stop < start:
-        raise ConfigError(f"bg_scores: need step > 0 and stop >= start, got {start}..{stop} step {step}")
-    return [float(round(s, 10)) for s in np.arange(start, stop + 1e-9, step)]
-
-
 def _to_numpy(array: Any) -> np.ndarray:
     """A NumPy view of an array or tensor (tensors are moved to the CPU)."""
     if isinstance(array, Tensor):
@@ -182,10 +175,10 @@ class BackgroundSweep(Metric):
     full_state_update = False
     confmat: Tensor
 
-    def __init__(self, num_classes: int, bg_scores: Sequence[float] | None = None,
-                 ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, bg_scores: Sequence[float], ignore_index: int = IGNORE_INDEX,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        scores = np.asarray(default_bg_scores() if bg_scores is None else list(bg_scores), dtype=np.float64)
+        scores = np.asarray(list(bg_scores), dtype=np.float64)
         if scores.ndim != 1 or scores.size == 0:
             raise ConfigError("bg_scores: need a non-empty list of background scores")
         if np.any(np.diff(scores.astype(np.float32)) <= 0):

@@ -4,6 +4,9 @@ The numbers come from :func:`vwl_lightning.evaluation.metrics.scores_from_confus
 and, for seeds, :meth:`vwl_lightning.evaluation.metrics.BackgroundSweep.summary`.  In JSON, NaN (a class that never
 occurs) is written as ``null``.  Plots use matplotlib's Agg canvas directly, so the global backend is not
 touched.
+
+The run's own summary (:func:`write_results`): ``results.json`` and ``results.md`` at the top of the run
+directory, from the stages' summaries and ``timings.json``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from vwl_lightning.utils.io import atomic_path, write_json_atomic, write_text_atomic
+from vwl_lightning.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
 SWEEP_PLOT = "miou_vs_bg_score.png"
 CLASS_PLOT = "per_class_iou.png"
+TIMINGS = "timings.json"  # {stage: seconds} at the top of the run directory (the pipeline records them)
 
 
 def _num(value: Any) -> float | None:
@@ -212,3 +216,59 @@ def write_segmentation_report(
     write_text_atomic(out / METRICS_MD, _markdown(metrics))
     write_json_atomic(out / METRICS_JSON, metrics)
     return metrics
+
+
+# results.md rows in pipeline order: (stage, what, results.json key, kind) with kind "pct" (mIoU) or "score"
+RESULT_ROWS = (
+    ("seeds", "CAM seed mIoU at the best background score", "cam_seed_miou_best", "pct"),
+    ("seeds", "best background score of the sweep", "cam_seed_best_bg_score", "score"),
+    ("seeds", "CAM seed mIoU at the configured background score", "cam_seed_miou_configured", "pct"),
+    ("seeds", "configured background score", "cam_seed_configured_bg_score", "score"),
+    ("pseudo", "pseudo-mask mIoU", "pseudo_mask_miou", "pct"),
+    ("segmenter", "val mIoU", "segmenter_val_miou", "pct"),
+    ("segmenter", "val mIoU with CRF", "segmenter_val_miou_crf", "pct"),
+)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{100 * value:.2f} %" if kind == "pct" else f"{value:.2f}"
+
+
+def write_results(run_dir: Path, results: dict[str, Any], order: Sequence[str],
+                  every_stage: Sequence[str] = ()) -> dict[str, Any]:
+    """``results.json`` (fractions, for scripts) and ``results.md`` (mIoU in %, stages in ``order``, this
+    run's; the times of other stages of ``every_stage`` (the pipeline's order) after them) with the headline
+    numbers and each stage's time; returns the headline."""
+    order = tuple(order)
+    timings = read_json(run_dir / TIMINGS) if (run_dir / TIMINGS).is_file() else {}
+    ordered = [n for n in order if n in timings] + [n for n in every_stage if n in timings and n not in order]
+    seeds = results.get("seeds", {})
+    pseudo = (results.get("pseudo") or {}).get("metrics") or {}
+    segmenter = results.get("segmenter") or {}
+    headline = {
+        "cam_seed_miou_best": seeds.get("best_miou"),
+        "cam_seed_best_bg_score": seeds.get("best_bg_score"),
+        "cam_seed_miou_configured": seeds.get("miou_at_configured"),
+        "cam_seed_configured_bg_score": seeds.get("configured_bg_score"),
+        "pseudo_mask_miou": pseudo.get("miou"),
+        "segmenter_val_miou": segmenter.get("miou"),
+        "segmenter_val_miou_crf": segmenter.get("miou_crf"),
+        "stage_seconds": {n: timings[n] for n in ordered},
+        "fingerprints": results.get("fingerprints", {}),
+    }
+    write_json_atomic(run_dir / "results.json", headline)
+    lines = ["# Results", "", "| stage | measure | value |", "|---|---|---:|"]
+    for stage, what, key, kind in sorted(RESULT_ROWS, key=lambda r: order.index(r[0]) if r[0] in order else 99):
+        if headline[key] is not None:
+            lines.append(f"| {stage} | {what} (`{key}`) | {_cell(headline[key], kind)} |")
+    if seeds.get("best_at_sweep_edge"):
+        lines += ["", f"Warning: the best background score sits at the {seeds['best_at_sweep_edge']} end of the "
+                      "sweep (seeds.sweep); widen the sweep to see whether a better score lies beyond it."]
+    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---:|"]
+    lines += [f"| {k} | {timings[k]:.1f} |" for k in ordered]
+    lines += ["", "| stage | fingerprint of the settings it was made with |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in headline["fingerprints"].items()]
+    write_text_atomic(run_dir / "results.md", "\n".join(lines) + "\n")
+    return headline

@@ -194,6 +194,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return blob
 
 
+def strip_key_prefix(state: Mapping[str, torch.Tensor], prefix: str, only: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict with ``prefix`` removed from the keys that start with it (``module.`` of DataParallel,
+    ``model.`` of a Lightning checkpoint, ``model.backbone.`` of a classifier's trunk); with ``only`` the keys
+    without it are left out."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if not only or k.startswith(prefix)}
+
+
 def detect_weights_format(state: Mapping[str, Any]) -> str:
     """``efficientnet_pytorch`` when the keys are lukemelas' (``_conv_stem.*``, ``_blocks.N.*``), else
     ``timm`` (timm and torchvision ResNets share their key names)."""
@@ -469,7 +476,7 @@ class Backbone(nn.Module):
         tensor of the trunk must be present with its shape (DataError naming the file otherwise)."""
         path = resolve_weights_path(weights_path)
         state = load_state_dict_file(path)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = strip_key_prefix(state, "module.")
         fmt = detect_weights_format(state) if weights_format == "auto" else weights_format
         if fmt == "efficientnet_pytorch":
             state = efficientnet_pytorch_to_timm(state, net, source=str(path))

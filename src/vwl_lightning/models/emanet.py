@@ -263,10 +263,10 @@ def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
     ``fc.*`` is ignored; the only trunk tensors allowed to be missing are ``num_batches_tracked`` (they stay
     0); anything else missing, unexpected or of another shape is a DataError naming the file and the key.
     Returns and logs the counts with the file's SHA-256."""
-    from vwl_lightning.models.backbone import load_state_dict_file, sha256_of
+    from vwl_lightning.models.backbone import load_state_dict_file, sha256_of, strip_key_prefix
 
     path = Path(path).expanduser()
-    state = {k.removeprefix("module."): v for k, v in load_state_dict_file(path).items()}
+    state = strip_key_prefix(load_state_dict_file(path), "module.")
     own = model.state_dict()
     loaded: dict[str, torch.Tensor] = {}
     ignored = []
@@ -303,7 +303,7 @@ def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
 def load_emanet_checkpoint(model: EMANet, path: str | Path) -> int:
     """Load an official ``{'net': state_dict, 'step': int}`` file (or a bare state dict), strict, with
     ``weights_only=True``; returns the step (−1 when absent)."""
-    from vwl_lightning.models.backbone import sha256_of
+    from vwl_lightning.models.backbone import sha256_of, strip_key_prefix
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -315,7 +315,7 @@ def load_emanet_checkpoint(model: EMANet, path: str | Path) -> int:
     state = blob.get("net", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected {{'net': state_dict, 'step': int}} or a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = strip_key_prefix(state, "module.")
     own = model.state_dict()
     for key in own:
         if key not in state:

@@ -178,3 +178,41 @@ def load_classifier(path: Path) -> ClassifierModule:
             return ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not one of ours
         raise DataError(f"{path}: not a vwl_lightning classifier checkpoint ({load_error_text(exc)})") from None
+
+
+# where a trunk copied from a classifier comes from: (config key of the source, the trunk's config group, the
+# setting that does without it), for the error messages
+SEGMENTER_TRUNK = ("segmenter.backbone_init", "segmenter.backbone", "segmenter.backbone_init=null")
+IRN_TRUNK = ("irn.classifier_dir", "irn.backbone", "irn.backbone_source=scratch")
+
+
+def load_classifier_trunk(trunk: torch.nn.Module, source: str | Path, keys: tuple[str, str, str]) -> Path:
+    """Copy the trunk of a classifier checkpoint (``model.backbone.*``) into ``trunk`` (the segmenter's or
+    IRN's backbone).
+
+    ``source`` is a classifier stage folder (its manifest names the checkpoint) or a checkpoint file.  The
+    classifier's trunk has the same modules and shapes (only strides/dilations differ, which hold no
+    weights); every tensor of ``trunk`` must be found with the same shape (DataError naming ``keys``, e.g.
+    :data:`SEGMENTER_TRUNK`, otherwise).  Returns the checkpoint path.
+    """
+    from vwl_lightning.models.backbone import load_state_dict_file, strip_key_prefix
+    from vwl_lightning.utils.manifest import read_manifest
+
+    key, group, fallback = keys
+    path = Path(source).expanduser()
+    if path.is_dir():
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise DataError(f"{key} {path}: no completed classifier stage there (manifest.json missing); train it "
+                            f"first or set {fallback}")
+        path = Path(manifest["checkpoint"])
+    if not path.is_file():
+        raise DataError(f"{key} {path}: classifier checkpoint not found")
+    weights = strip_key_prefix(load_state_dict_file(path), "model.backbone.", only=True)
+    own = trunk.state_dict()
+    bad = [k for k, v in own.items() if k not in weights or weights[k].shape != v.shape]
+    if bad:
+        raise DataError(f"{path}: its classifier trunk does not match {group} (e.g. {bad[0]}); use the "
+                        f"classifier's backbone name and model_kwargs")
+    trunk.load_state_dict({k: weights[k] for k in own})
+    return path

@@ -125,12 +125,12 @@ class EMANetModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model: EMANet = build_emanet(num_classes, backbone, head)
         if backbone_init:
-            from vwl_lightning.modules.segmenter import load_classifier_backbone
+            from vwl_lightning.modules.classifier import SEGMENTER_TRUNK, load_classifier_trunk
 
             if dict(backbone).get("kind", "deep_resnet") != "timm":
                 raise ConfigError("segmenter.backbone_init (a classifier trunk) needs segmenter.backbone.kind=timm "
                                   "with the classifier's backbone name; the deep-stem trunk loads weights_path")
-            load_classifier_backbone(self.model, backbone_init)  # type: ignore[arg-type]
+            load_classifier_trunk(self.model.backbone, backbone_init, SEGMENTER_TRUNK)
         if init_checkpoint:
             load_emanet_checkpoint(self.model, init_checkpoint)
         self.loss_normalise = str(loss.get("normalise", "pixels"))

@@ -15,18 +15,17 @@ trained with the branch).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from vwl_lightning.errors import ConfigError, DataError
-from vwl_lightning.models.backbone import Backbone, load_state_dict_file
+from vwl_lightning.errors import ConfigError
+from vwl_lightning.models.backbone import Backbone
 from vwl_lightning.models.irnet import IRNet
+from vwl_lightning.modules.classifier import IRN_TRUNK, load_classifier_trunk
 from vwl_lightning.modules.optim import build_sgd, poly_lambda
 from vwl_lightning.pseudo.affinity import affinity_loss, pair_labels, training_affinities
-from vwl_lightning.utils.manifest import read_manifest
 
 BACKBONE_SOURCES = ("classifier", "imagenet", "scratch")
 
@@ -34,28 +33,6 @@ BACKBONE_SOURCES = ("classifier", "imagenet", "scratch")
 def stride4_labels(masks: torch.Tensor) -> torch.Tensor:
     """IRN's label ↓4: cell ``(y, x)`` takes pixel ``(4y+2, 4x+2)`` (PIL NEAREST at 0.25, spec §10.3 item 6)."""
     return masks[:, 2::4, 2::4]
-
-
-def load_classifier_trunk(trunk: Backbone, source: str) -> Path:
-    """Copy ``model.backbone.*`` of the classifier checkpoint (a stage folder or a file) into ``trunk``."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise DataError(f"irn.classifier_dir {path}: no completed classifier stage there (manifest.json "
-                            f"missing); train it first or set irn.backbone_source=scratch")
-        path = Path(manifest["checkpoint"])
-    if not path.is_file():
-        raise DataError(f"irn.classifier_dir {path}: classifier checkpoint not found")
-    state = load_state_dict_file(path)
-    own = trunk.state_dict()
-    weights = {k.removeprefix("model.backbone."): v for k, v in state.items() if k.startswith("model.backbone.")}
-    bad = [k for k, v in own.items() if k not in weights or weights[k].shape != v.shape]
-    if bad:
-        raise DataError(f"{path}: its classifier trunk does not match irn.backbone (e.g. {bad[0]}); use the "
-                        f"classifier's backbone name and model_kwargs")
-    trunk.load_state_dict({k: weights[k] for k in own})
-    return path
 
 
 class IRNModule(pl.LightningModule):
@@ -72,7 +49,7 @@ class IRNModule(pl.LightningModule):
         if backbone_source == "classifier":
             if not classifier_dir:
                 raise ConfigError("irn.classifier_dir: backbone_source=classifier needs the classifier stage folder")
-            load_classifier_trunk(trunk, classifier_dir)
+            load_classifier_trunk(trunk, classifier_dir, IRN_TRUNK)
         self.model = IRNet(trunk, frozen=backbone_source != "scratch")
         self.optim_cfg = {"lr": 0.1, "weight_decay": 1e-4, "momentum": 1e-4, "poly_power": 0.9, **(optim or {})}
         self.radius = int(radius)

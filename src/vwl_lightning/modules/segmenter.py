@@ -28,7 +28,6 @@ with :class:`~vwl_lightning.evaluation.metrics.SegmentationConfusion`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -40,6 +39,7 @@ from vwl_lightning.data.meta import IGNORE_INDEX
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 from vwl_lightning.models.deeplab import DeepLabV2, build_deeplab
+from vwl_lightning.modules.classifier import SEGMENTER_TRUNK, load_classifier_trunk
 from vwl_lightning.modules.optim import build_sgd, poly_lambda, trainable
 
 LR_GROUPINGS = ("corrected", "faithful")
@@ -146,7 +146,7 @@ class SegmenterModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_deeplab(num_classes, backbone, aspp, msc)
         if backbone_init:
-            load_classifier_backbone(self.model, backbone_init)
+            load_classifier_trunk(self.model.backbone, backbone_init, SEGMENTER_TRUNK)
         if init_checkpoint:
             load_init_checkpoint(self.model, init_checkpoint)
         self.optim_cfg = dict(optim)
@@ -199,44 +199,13 @@ class SegmenterModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_classifier_backbone(model: DeepLabV2, source: str) -> Path:
-    """Copy the trunk of a classifier checkpoint (``model.backbone.*``) into ``model.backbone``.
-
-    ``source`` is a classifier stage folder (its manifest names the checkpoint) or a checkpoint file.  The
-    classifier's trunk has the same modules and shapes (only strides/dilations differ, which hold no
-    weights); every backbone tensor must be found with the same shape.  Returns the checkpoint path.
-    """
-    from vwl_lightning.models.backbone import load_state_dict_file
-    from vwl_lightning.utils.manifest import read_manifest
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise DataError(f"segmenter.backbone_init {path}: no completed classifier stage there "
-                            f"(manifest.json missing); train it first or set segmenter.backbone_init=null")
-        path = Path(manifest["checkpoint"])
-    if not path.is_file():
-        raise DataError(f"segmenter.backbone_init {path}: classifier checkpoint not found")
-    state = load_state_dict_file(path)
-    trunk = {k.removeprefix("model.backbone."): v for k, v in state.items() if k.startswith("model.backbone.")}
-    own = model.backbone.state_dict()
-    bad = [k for k, v in own.items() if k not in trunk or trunk[k].shape != v.shape]
-    if bad:
-        raise DataError(f"{path}: its classifier trunk does not match segmenter.backbone (e.g. {bad[0]}); "
-                        f"use the same backbone name and model_kwargs as the classifier")
-    model.backbone.load_state_dict({k: trunk[k] for k in own})
-    return path
-
-
 def load_init_checkpoint(model: DeepLabV2, path: str) -> None:
     """Initialise from a DeepLabV2 state dict in this package's key layout (``backbone.*``, ``aspp.*``;
     a Lightning checkpoint's ``model.`` prefix is stripped).  ASPP tensors whose shape differs (another
     number of classes) are skipped; every backbone tensor must match."""
-    from vwl_lightning.models.backbone import load_state_dict_file
+    from vwl_lightning.models.backbone import load_state_dict_file, strip_key_prefix
 
-    state = load_state_dict_file(path)
-    state = {k.removeprefix("model."): v for k, v in state.items()}
+    state = strip_key_prefix(load_state_dict_file(path), "model.")
     own = model.state_dict()
     backbone_missing = [k for k in own if k.startswith("backbone.") and k not in state]
     mismatched = [k for k in own if k.startswith("backbone.") and k in state and state[k].shape != own[k].shape]

@@ -3,7 +3,7 @@
 For every image of the split, its CAM file (``high_res``, ``keys``) and ground-truth mask are read once;
 :class:`~vwl_lightning.evaluation.metrics.BackgroundSweep` accumulates a confusion matrix per background score, and
 the report gives the mIoU at every score, the best one, and the per-class scores at the configured score
-(spec §5: 0.13 for v2; the sweep default is 0.05..0.60 step 0.01).
+(spec §5: 0.13 for v2; the sweep default is 0.05..0.60 step 0.01, :func:`sweep_scores`).
 
 Under DDP each rank scores its share of the images (:mod:`vwl_lightning.utils.distributed`); the matrices are
 summed over ranks by the metric's synchronisation and rank 0 writes the report, so the numbers equal one
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,29 @@ from tqdm import tqdm
 from vwl_lightning.cam.files import cam_path, check_cam_manifest, load_cam_file, resolve_class_names
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.layout import VOCLayout
-from vwl_lightning.errors import DataError
-from vwl_lightning.evaluation.metrics import BackgroundSweep, default_bg_scores, scores_from_confusion
+from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.evaluation.metrics import BackgroundSweep, scores_from_confusion
 from vwl_lightning.evaluation.reports import build_metrics_dict, write_segmentation_report
 from vwl_lightning.utils.distributed import collective_device, is_main, shard
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SWEEP = {"start": 0.05, "stop": 0.60, "step": 0.01}  # conf/seeds/default.yaml's seeds.sweep
+
+
+def sweep_scores(sweep: Mapping[str, Any] = DEFAULT_SWEEP) -> list[float]:
+    """The background scores of ``seeds.sweep`` ({start, stop, step}): ``start, start+step, ...`` up to and
+    including ``stop``, each rounded to 6 decimals."""
+    start, stop, step = float(sweep["start"]), float(sweep["stop"]), float(sweep["step"])
+    if step <= 0 or stop < start:
+        raise ConfigError(f"seeds.sweep must have step > 0 and stop >= start, got "
+                          f"{ {'start': start, 'stop': stop, 'step': step} }")
+    return [round(float(v), 6) for v in np.arange(start, stop + step / 2, step)]
+
 
 def sweep_scores_with(bg_scores: Sequence[float] | None, configured_score: float) -> list[float]:
     """The swept scores, sorted, with ``configured_score`` added if it is not already among them."""
-    scores = list(default_bg_scores() if bg_scores is None else bg_scores)
+    scores = list(sweep_scores() if bg_scores is None else bg_scores)
     if not any(abs(s - configured_score) < 1e-9 for s in scores):
         scores.append(float(configured_score))
     return sorted(float(s) for s in scores)

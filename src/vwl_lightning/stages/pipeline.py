@@ -23,17 +23,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vwl_lightning.cam.files import cam_path, cams_to_label, load_cam_file
 from vwl_lightning.data.label_png import read_label_png
-from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.evaluation.reports import TIMINGS, write_results
 from vwl_lightning.stages.config_checks import validate_config
+from vwl_lightning.stages.evaluate_seeds import evaluate_seeds, sweep_scores
 from vwl_lightning.stages.identity import (
     check_stage_folder,
     classifier_of_pseudo,
@@ -42,30 +41,13 @@ from vwl_lightning.stages.identity import (
     record_in_manifest,
     stage_identity,
 )
-from vwl_lightning.tracking.wandb_runs import (
-    finish_active_run,
-    log_artifact,
-    log_masks,
-    log_report,
-    stage_run,
-    uses_wandb,
-    wandb_image,
-)
+from vwl_lightning.tracking.pictures import CAM_GRID, write_cam_grid
+from vwl_lightning.tracking.wandb_runs import finish_active_run, log_cam_grid, track_stage
 from vwl_lightning.utils.distributed import barrier, is_main, is_sharded, on_zero, start_ranks
-from vwl_lightning.utils.io import read_json, write_json_atomic, write_text_atomic
+from vwl_lightning.utils.io import read_json, write_json_atomic
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
-
-TIMINGS = "timings.json"
-
-
-def sweep_scores(sweep: Any) -> list[float]:
-    """The background scores of ``seeds.sweep`` ({start, stop, step}), inclusive of ``stop``."""
-    start, stop, step = float(sweep.start), float(sweep.stop), float(sweep.step)
-    if step <= 0 or stop < start:
-        raise ConfigError(f"seeds.sweep must have step > 0 and stop >= start, got {OmegaConf.to_container(sweep)}")
-    return [round(v, 6) for v in np.arange(start, stop + step / 2, step)]
 
 
 def run_classifier(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
@@ -87,35 +69,11 @@ def run_cams(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
             write_cam_grid(out_dir, data, str(cfg.cam.split), int(cfg.cam.overlay_images), float(cfg.seeds.bg_score),
                            grid_path)
             print(f"CAM overlays: {grid_path}")
-        if uses_wandb(cfg.logger):
-            with stage_run(cfg.logger, "cams", str(cfg.name), out_dir, {"stage": "cams", "split": str(cfg.cam.split)}
-                           ) as wandb_run:
-                wandb_run.log({"cams/overlays": wandb_image(np.asarray(Image.open(grid_path).convert("RGB")),
-                                                            caption="image | CAM per labelled class | seed")})
+        log_cam_grid(cfg, out_dir, grid_path)
     return {"cam_dir": str(out_dir)}
 
 
-CAM_GRID = "overlays.png"
-
-
-def write_cam_grid(cam_dir: Path, data: ResolvedData, split: str, count: int, bg_score: float, path: Path) -> Path:
-    """A grid of the first ``count`` images of ``split``: the image, one captioned CAM overlay per labelled
-    class, and the seed at ``bg_score`` (spec §5), written as an RGB PNG."""
-    from vwl_lightning.tracking.pictures import cam_tiles, grid, save_png
-
-    rows = []
-    for image_id in data.layout.split_ids(split)[:count]:
-        record = load_cam_file(cam_path(cam_dir, image_id))
-        image = load_rgb(data.layout.image_path(image_id))
-        seed = cams_to_label(record.high_res, record.keys, bg_score)
-        rows.append(cam_tiles(image, record.high_res.astype(np.float32), record.keys.tolist(),
-                              data.meta.class_names, seed))
-    return save_png(grid(rows), path)
-
-
 def run_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
-    from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
-
     s = cfg.seeds
     out_dir = Path(str(s.out_dir))
     done = read_manifest(out_dir)
@@ -191,25 +149,6 @@ def run_segmenter(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     print(f"segmenter ({cfg.segmenter.eval.split}): mIoU {100 * summary['miou']:.2f} %"
           + (f", with CRF {100 * crf:.2f} %" if crf is not None else "") + f" -> {summary['stage_dir']}")
     return summary
-
-
-def track_stage(cfg: DictConfig, stage: str, out_dir: Path, metrics: dict[str, Any], data: ResolvedData,
-                split: str, prefix: str | None = None, finish: bool = True,
-                **mask_sources: Callable[[str], np.ndarray]) -> None:
-    """Log a stage's report (headline, per-class IoU table, background curve) and up to
-    ``logger.max_images`` images with their masks (and ground truth) to W&B; nothing when W&B is off."""
-    if not uses_wandb(cfg.logger) or rank_zero_only.rank != 0:
-        return
-    with stage_run(cfg.logger, stage, str(cfg.name), out_dir, {"stage": stage, "split": split}, finish) as run:
-        log_report(run, metrics, prefix or stage)
-        ids = data.layout.split_ids(split)[: int(cfg.logger.get("max_images", 0))]
-        images = [load_rgb(data.layout.image_path(i)) for i in ids]
-        truth = [read_label_png(data.layout.mask_path(i)) if data.layout.mask_path(i).is_file() else None
-                 for i in ids]
-        log_masks(run, f"{prefix or stage}/masks", images, data.meta.class_names, ground_truth=truth,
-                  **{name: [source(i) for i in ids] for name, source in mask_sources.items()})
-        if cfg.logger.get("log_artifacts", False) and (out_dir / "manifest.json").is_file():
-            log_artifact(run, out_dir / "manifest.json", f"{cfg.name}-{stage}-manifest", "manifest")
 
 
 STAGES: dict[str, Callable[[DictConfig, ResolvedData], dict[str, Any]]] = {
@@ -370,59 +309,6 @@ def is_complete(name: str, cfg: DictConfig) -> bool:
     return read_manifest(stage_dir(name, cfg)) is not None
 
 
-# results.md rows in pipeline order: (stage, what, results.json key, kind) with kind "pct" (mIoU) or "score"
-RESULT_ROWS = (
-    ("seeds", "CAM seed mIoU at the best background score", "cam_seed_miou_best", "pct"),
-    ("seeds", "best background score of the sweep", "cam_seed_best_bg_score", "score"),
-    ("seeds", "CAM seed mIoU at the configured background score", "cam_seed_miou_configured", "pct"),
-    ("seeds", "configured background score", "cam_seed_configured_bg_score", "score"),
-    ("pseudo", "pseudo-mask mIoU", "pseudo_mask_miou", "pct"),
-    ("segmenter", "val mIoU", "segmenter_val_miou", "pct"),
-    ("segmenter", "val mIoU with CRF", "segmenter_val_miou_crf", "pct"),
-)
-
-
-def _cell(value: Any, kind: str) -> str:
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    return f"{100 * value:.2f} %" if kind == "pct" else f"{value:.2f}"
-
-
-def write_results(run_dir: Path, results: dict[str, Any], order: tuple[str, ...] = PIPELINE) -> dict[str, Any]:
-    """``results.json`` (fractions, for scripts) and ``results.md`` (mIoU in %, stages in pipeline order)
-    with the headline numbers and each stage's time; returns the headline."""
-    timings = read_json(run_dir / TIMINGS) if (run_dir / TIMINGS).is_file() else {}
-    ordered = [n for n in order if n in timings] + [n for n in PIPELINE if n in timings and n not in order]
-    seeds = results.get("seeds", {})
-    pseudo = (results.get("pseudo") or {}).get("metrics") or {}
-    segmenter = results.get("segmenter") or {}
-    headline = {
-        "cam_seed_miou_best": seeds.get("best_miou"),
-        "cam_seed_best_bg_score": seeds.get("best_bg_score"),
-        "cam_seed_miou_configured": seeds.get("miou_at_configured"),
-        "cam_seed_configured_bg_score": seeds.get("configured_bg_score"),
-        "pseudo_mask_miou": pseudo.get("miou"),
-        "segmenter_val_miou": segmenter.get("miou"),
-        "segmenter_val_miou_crf": segmenter.get("miou_crf"),
-        "stage_seconds": {n: timings[n] for n in ordered},
-        "fingerprints": results.get("fingerprints", {}),
-    }
-    write_json_atomic(run_dir / "results.json", headline)
-    lines = ["# Results", "", "| stage | measure | value |", "|---|---|---:|"]
-    for stage, what, key, kind in sorted(RESULT_ROWS, key=lambda r: order.index(r[0]) if r[0] in order else 99):
-        if headline[key] is not None:
-            lines.append(f"| {stage} | {what} (`{key}`) | {_cell(headline[key], kind)} |")
-    if seeds.get("best_at_sweep_edge"):
-        lines += ["", f"Warning: the best background score sits at the {seeds['best_at_sweep_edge']} end of the "
-                      "sweep (seeds.sweep); widen the sweep to see whether a better score lies beyond it."]
-    lines += ["", "| stage | seconds (last run that did the work) |", "|---|---:|"]
-    lines += [f"| {k} | {timings[k]:.1f} |" for k in ordered]
-    lines += ["", "| stage | fingerprint of the settings it was made with |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in headline["fingerprints"].items()]
-    write_text_atomic(run_dir / "results.md", "\n".join(lines) + "\n")
-    return headline
-
-
 # the input folder of a stage run alone, whose recorded data settings it takes
 ALONE_INPUT = {"cams": "cam.classifier_dir", "seeds": "seeds.cam_dir", "pseudo": "pseudo.cam_dir",
                "segmenter": "segmenter.pseudo_dir"}
@@ -474,7 +360,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = run_stages(cfg, names)
         if rank_zero_only.rank != 0:
             return {}
-        headline = write_results(Path(str(cfg.run_dir)), results, names)
+        headline = write_results(Path(str(cfg.run_dir)), results, names, PIPELINE)
         report = Path(str(cfg.run_dir)) / "results.md"
         print(report.read_text())
         print(f"results: {report}")

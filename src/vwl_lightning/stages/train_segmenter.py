@@ -10,10 +10,9 @@ Outputs, under ``segmenter.out_dir`` (default ``<run_dir>/segmenter/``)::
     eval_crf/...                   the same after dense-CRF post-processing (when segmenter.eval.crf)
     manifest.json                  written last: inputs, settings, training and evaluation metrics
 
-Test-time prediction (spec §7): for every scale s of ``eval.scales`` the image is resized by s (bilinear),
-run through the network together with its mirror image when ``eval.flip``, the logits are resized back to
-the image size (bilinear) and un-mirrored, and the set is fused by ``eval.fusion`` (element-wise ``max``
-or ``mean``); P = softmax(fused logits), prediction = argmax P.  (MSC, when on, acts inside the network.)
+Test-time prediction (spec §7, :func:`~vwl_lightning.evaluation.multiscale.predict_probs`): multi-scale
+(``eval.scales``) + flip (``eval.flip``) logits fused by ``eval.fusion``; P = softmax(fused logits),
+prediction = argmax P.
 CRF variant: ``Q = CRF(image, P)`` with ``eval.crf_preset`` (spec §7: ``deeplab_test``;
 :func:`vwl_lightning.pseudo.dense_crf.crf_from_probs`, unary −log P), prediction = argmax Q.
 Scores: :class:`~vwl_lightning.evaluation.metrics.SegmentationConfusion` (255 ignored, mIoU over the classes that
@@ -39,7 +38,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -52,6 +50,7 @@ from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.transforms import EvalTransform
 from vwl_lightning.errors import ConfigError, DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
+from vwl_lightning.evaluation.multiscale import predict_probs
 from vwl_lightning.evaluation.reports import write_segmentation_report
 from vwl_lightning.models.caffe_deeplab import CAFFE_BACKBONE, caffe_input_norm
 from vwl_lightning.modules.emanet import EMANetModule
@@ -183,31 +182,6 @@ class EvalImages(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, _ = self.transform(load_rgb(self.layout.image_path(self.ids[index])), None)
         return {"image": image, "id": self.ids[index]}
-
-
-@torch.inference_mode()
-def predict_probs(module: SegmenterModule, images: torch.Tensor, scales: Sequence[float], flip: bool,
-                  fusion: str) -> torch.Tensor:
-    """Class probabilities ``(B, C, H, W)`` of a batch of same-size images (module docstring)."""
-    height, width = images.shape[-2:]
-    batch = images.shape[0]
-    collected: list[torch.Tensor] = []
-    for scale in scales:
-        if scale == 1.0:
-            scaled = images
-        else:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        if flip:
-            scaled = torch.cat([scaled, scaled.flip(-1)], dim=0)
-        logits = module.predict_logits(scaled)
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        collected.append(logits[:batch])
-        if flip:
-            collected.append(logits[batch:].flip(-1))
-    stacked = torch.stack(collected)
-    fused = stacked.amax(dim=0) if fusion == "max" else stacked.mean(dim=0)
-    return torch.softmax(fused, dim=1)
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,3 @@
-"""Studies over many runs: the ablation (``ablation``) and the exploration helpers of the notebook
-(``explore``)."""
+"""Studies over many runs: the ablation (``ablation``), the dials study (``dials``), the refinement study
+(``refinement``: CRF vs IRN masks, IRN's trunks, DeepLabV2 vs EMANet), the pooled seeds (``pool_seeds``) and
+the exploration helpers of the notebook (``explore``)."""

@@ -39,8 +39,9 @@ from vwl_lightning.data.source import resolve_data
 from vwl_lightning.evaluation.codebook_usage import codebook_usage, usage_summary
 from vwl_lightning.evaluation.diagnostics import diagnose_cams
 from vwl_lightning.evaluation.mechanism import mechanism_checks
+from vwl_lightning.evaluation.reports import TIMINGS
 from vwl_lightning.modules.classifier import load_classifier
-from vwl_lightning.stages.pipeline import TIMINGS, run_stages
+from vwl_lightning.stages.pipeline import run_stages
 from vwl_lightning.utils.config import config_dir
 from vwl_lightning.utils.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from vwl_lightning.utils.manifest import read_manifest

@@ -1,5 +1,5 @@
 """Pictures on disk (no W&B needed): palette masks, mask overlays with a colour legend, CAM overlays with
-class names, and a grid of them.
+class names, and a grid of them (the CAM stage's ``overlays.png``: :func:`write_cam_grid`).
 
 * colour mask: label ``i`` drawn in the VOC palette colour ``i`` (:func:`vwl_lightning.data.meta.voc_palette`;
   255 = border colour);
@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vwl_lightning.cam.files import cam_path, cams_to_label, load_cam_file
+from vwl_lightning.data.layout import load_rgb
 from vwl_lightning.data.meta import IGNORE_INDEX, voc_palette
+from vwl_lightning.data.source import ResolvedData
 from vwl_lightning.utils.io import atomic_path
 
 LEGEND_ROW = 14   # pixels per legend line
@@ -123,3 +126,19 @@ def save_png(picture: Image.Image | np.ndarray, path: str | os.PathLike) -> Path
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
+
+
+CAM_GRID = "overlays.png"
+
+
+def write_cam_grid(cam_dir: Path, data: ResolvedData, split: str, count: int, bg_score: float, path: Path) -> Path:
+    """A grid of the first ``count`` images of ``split``: the image, one captioned CAM overlay per labelled
+    class, and the seed at ``bg_score`` (spec §5), written as an RGB PNG."""
+    rows = []
+    for image_id in data.layout.split_ids(split)[:count]:
+        record = load_cam_file(cam_path(cam_dir, image_id))
+        image = load_rgb(data.layout.image_path(image_id))
+        seed = cams_to_label(record.high_res, record.keys, bg_score)
+        rows.append(cam_tiles(image, record.high_res.astype(np.float32), record.keys.tolist(),
+                              data.meta.class_names, seed))
+    return save_png(grid(rows), path)

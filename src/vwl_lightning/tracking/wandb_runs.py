@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from vwl_lightning.data.label_png import read_label_png
+from vwl_lightning.data.layout import load_rgb
+from vwl_lightning.data.source import ResolvedData
 from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.tracking.pictures import cam_overlay  # noqa: F401 - logged overlays are the on-disk ones
@@ -149,3 +154,34 @@ def log_artifact(run: Any, path: Path, name: str, kind: str) -> None:
     artifact = wandb.Artifact(name=name.replace("/", "-"), type=kind)
     artifact.add_file(str(path))
     run.log_artifact(artifact)
+
+
+def track_stage(cfg: DictConfig, stage: str, out_dir: Path, metrics: dict[str, Any], data: ResolvedData,
+                split: str, prefix: str | None = None, finish: bool = True,
+                **mask_sources: Callable[[str], np.ndarray]) -> None:
+    """Log a stage's report (headline, per-class IoU table, background curve) and up to
+    ``logger.max_images`` images with their masks (and ground truth) to W&B; nothing when W&B is off."""
+    if not uses_wandb(cfg.logger) or rank_zero_only.rank != 0:
+        return
+    with stage_run(cfg.logger, stage, str(cfg.name), out_dir, {"stage": stage, "split": split}, finish) as run:
+        log_report(run, metrics, prefix or stage)
+        ids = data.layout.split_ids(split)[: int(cfg.logger.get("max_images", 0))]
+        images = [load_rgb(data.layout.image_path(i)) for i in ids]
+        truth = [read_label_png(data.layout.mask_path(i)) if data.layout.mask_path(i).is_file() else None
+                 for i in ids]
+        log_masks(run, f"{prefix or stage}/masks", images, data.meta.class_names, ground_truth=truth,
+                  **{name: [source(i) for i in ids] for name, source in mask_sources.items()})
+        if cfg.logger.get("log_artifacts", False) and (out_dir / "manifest.json").is_file():
+            log_artifact(run, out_dir / "manifest.json", f"{cfg.name}-{stage}-manifest", "manifest")
+
+
+def log_cam_grid(cfg: DictConfig, cam_dir: Path, grid_path: Path) -> None:
+    """The CAM stage's overlay grid (``overlays.png``) in the stage's own W&B run; nothing when W&B is off."""
+    from PIL import Image
+
+    if not uses_wandb(cfg.logger):
+        return
+    with stage_run(cfg.logger, "cams", str(cfg.name), cam_dir, {"stage": "cams", "split": str(cfg.cam.split)}
+                   ) as run:
+        run.log({"cams/overlays": wandb_image(np.asarray(Image.open(grid_path).convert("RGB")),
+                                              caption="image | CAM per labelled class | seed")})

@@ -5,7 +5,7 @@ file, and images: files, folders (every file PIL can open, by extension) or ``.t
 line, relative to the list's folder).  Any size, any format PIL reads; converted to RGB.
 
 Segmenter (:func:`predict_masks`): P = softmax of the multi-scale (+ flip) fused logits, exactly the stage's
-test-time rule (:func:`~vwl_lightning.stages.train_segmenter.predict_probs`), optionally refined by the dense
+test-time rule (:func:`~vwl_lightning.evaluation.multiscale.predict_probs`), optionally refined by the dense
 CRF (Q = CRF(image, P), spec §7); prediction = argmax.  Writes per image ``<stem>.png`` (VOC palette mask),
 ``<stem>_overlay.png`` (mask over the image with a colour legend) and, when asked, ``<stem>_probs.npz``
 (``probs`` float16 (C, H, W), ``class_names``).
@@ -210,7 +210,8 @@ def crf_settings(preset: str | None) -> CRFParams | None:
 def predict_masks(source: str | Path, images: Sequence[str | Path], out_dir: str | Path,
                   settings: MaskSettings = MaskSettings(), device: str = "auto", progress: bool = True) -> Outcome:
     """Segment ``images`` with the segmenter of ``source`` into ``out_dir`` (module docstring)."""
-    from vwl_lightning.stages.train_segmenter import load_segmenter, predict_probs
+    from vwl_lightning.evaluation.multiscale import predict_probs
+    from vwl_lightning.stages.train_segmenter import load_segmenter
 
     paths = collect_images(images)
     checkpoint, manifest = find_stage_checkpoint(source, "segmenter")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vwl_lightning.evaluation.reports import sweep_edge
-from vwl_lightning.stages.pipeline import write_results
+from vwl_lightning.evaluation.reports import sweep_edge, write_results
+from vwl_lightning.stages.pipeline import PIPELINE
 
 
 def test_results_md_is_in_percent_and_pipeline_order(tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ def test_results_md_is_in_percent_and_pipeline_order(tmp_path: Path) -> None:
     results = {"seeds": {"best_miou": 0.5562, "best_bg_score": 0.6, "miou_at_configured": 0.1834,
                          "configured_bg_score": 0.13, "best_at_sweep_edge": "high"},
                "pseudo": {"metrics": {"miou": 0.55}}, "segmenter": {"miou": 0.524, "miou_crf": None}}
-    headline = write_results(tmp_path, results)
+    headline = write_results(tmp_path, results, PIPELINE)
     assert headline["cam_seed_miou_configured"] == 0.1834  # results.json keeps fractions
     assert list(headline["stage_seconds"]) == ["classifier", "cams", "seeds", "pseudo", "segmenter"]
     text = (tmp_path / "results.md").read_text()

@@ -17,8 +17,8 @@ seed and the mean ± sample std: seed mIoU, CRF / IRN pseudo-mask mIoU per trunk
 IRN's training / walk speed, and the time per segmenter training step (training seconds / steps, validation
 included, from the manifests).
 
-Usage: ``python bench/refinement_study.py [--seeds 1 2 3] [--out runs/refinement_study] [--collect-only]
-[--runs crf irn_efficientnet irn_scratch irn emanet] [extra Hydra overrides ...]``.
+Usage: ``python -m vwl_lightning.studies.refinement [--seeds 1 2 3] [--out runs/refinement_study]
+[--collect-only] [--runs crf irn_efficientnet irn_scratch irn emanet] [extra Hydra overrides ...]``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +164,20 @@ def speed_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", type=Path, default=Path("runs/refinement_study"))
-    parser.add_argument("--collect-only", action="store_true")
-    parser.add_argument("--runs", nargs="+", default=RUN_NAMES, choices=RUN_NAMES,
-                        help="which runs to make, in this order (each over all seeds); crf first: the others use it")
-    args, extra = parser.parse_known_args()
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vwl_lightning.studies.refinement",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--out", type=Path, default=Path("runs/refinement_study"))
+    p.add_argument("--collect-only", action="store_true")
+    p.add_argument("--runs", nargs="+", default=RUN_NAMES, choices=RUN_NAMES,
+                   help="which runs to make, in this order (each over all seeds); crf first: the others use it")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study (or only collect its numbers); exit status 0, or a message naming the failed run."""
+    args, extra = parser().parse_known_args(argv)
     out = args.out.resolve()
     per_seed = {seed: commands(seed, out, extra) for seed in args.seeds}
     jobs = [(seed, name, per_seed[seed][name]) for name in args.runs for seed in args.seeds]
@@ -189,7 +196,8 @@ def main() -> None:
     write_json_atomic(out / "summary.json", {"seeds": rows})
     write_text_atomic(out / "summary.md", text)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

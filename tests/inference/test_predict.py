@@ -16,9 +16,7 @@ from vwl_lightning.cam.files import load_cam_file
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.meta import voc_palette
 from vwl_lightning.errors import ConfigError, DataError
-from vwl_lightning.modules.classifier import load_classifier
-from vwl_lightning.predict import main
-from vwl_lightning.stages.predict import (
+from vwl_lightning.inference.predict import (
     CamSettings,
     MaskSettings,
     collect_images,
@@ -27,6 +25,8 @@ from vwl_lightning.stages.predict import (
     predict_cams,
     predict_masks,
 )
+from vwl_lightning.modules.classifier import load_classifier
+from vwl_lightning.predict import main
 from vwl_lightning.stages.train_segmenter import load_segmenter
 from vwl_lightning.utils.io import read_json
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from fixtures_models import MEAN, NAMES, STD, tiny_run
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.export import main
+from vwl_lightning.inference.export import export, read_torchscript_meta
 from vwl_lightning.modules.classifier import load_classifier
-from vwl_lightning.stages.export import export, read_torchscript_meta
 from vwl_lightning.stages.train_segmenter import load_segmenter
 from vwl_lightning.utils.io import read_json
 
