@@ -90,8 +90,7 @@ class MSC:
     def check_arguments(cls, enabled: bool, scales: Sequence[float]) -> None:
         if not isinstance(enabled, bool):
             raise ArgumentError("enabled", enabled, "true or false")
-        if enabled:
-            require_positive_list("scales", list(scales) if isinstance(scales, tuple) else scales)
+        require_positive_list("scales", list(scales) if isinstance(scales, tuple) else scales)
 
 
 class DeepLabV2(nn.Module):
