@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fixtures_segmenters import build_deeplab, deeplab_nodes
 from vwl_lightning.data.transforms import normalise
 from vwl_lightning.errors import DataError
 from vwl_lightning.models.caffe_deeplab import (
@@ -26,7 +27,6 @@ from vwl_lightning.models.caffe_deeplab import (
     load_caffe_deeplab,
     torchvision_to_caffe,
 )
-from fixtures_segmenters import build_deeplab, deeplab_nodes
 from vwl_lightning.models.deeplab import ASPP, DeepLabV2
 from vwl_lightning.models.dilated_resnet import block_dilations
 

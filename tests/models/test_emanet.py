@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from fixtures_segmenters import build_emanet, emanet_nodes
 from vwl_lightning.errors import DataError
 from vwl_lightning.models.dilated_resnet import block_dilations
-from fixtures_segmenters import build_emanet, emanet_nodes
 from vwl_lightning.models.emanet import EMAU, load_emanet_checkpoint, load_encoding_resnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -82,8 +82,9 @@ def test_stride4_labels_take_pixel_4y_plus_2() -> None:
 
 
 def test_module_loss_is_finite_and_backpropagates_to_the_branch_only() -> None:
-    module = IRNModule(**irn_nodes({"name": "resnet18", "output_stride": 16, "frozen": [], "pretrained": "none",
-                                    "model_kwargs": {"channels": [8, 16, 32, 64]}}), backbone_source="scratch", radius=5)
+    trunk = {"name": "resnet18", "output_stride": 16, "frozen": [], "pretrained": "none",
+             "model_kwargs": {"channels": [8, 16, 32, 64]}}
+    module = IRNModule(**irn_nodes(trunk), backbone_source="scratch", radius=5)
     masks = torch.zeros(2, 64, 64, dtype=torch.long)
     masks[:, 20:44, 20:44] = 3
     masks[:, 44:48] = 255

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from functools import partial
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fixtures_segmenters import emanet_nodes
 from vwl_lightning.modules.emanet import (
     EMANetModule,
     emanet_loss,
@@ -23,7 +24,6 @@ from vwl_lightning.modules.emanet import (
     pad_to_8k1,
     stepped_poly_lambda,
 )
-from fixtures_segmenters import emanet_nodes
 from vwl_lightning.modules.optim import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

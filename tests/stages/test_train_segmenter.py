@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from fixtures_segmenters import deeplab_nodes
 from vwl_lightning.data.label_png import read_label_png, write_label_png
 from vwl_lightning.data.meta import voc_palette
 from vwl_lightning.data.pseudo_mask_data import SegmenterDataModule
@@ -23,7 +24,6 @@ from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.voc import SegmentationDataset
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.models.backbone import Backbone
-from fixtures_segmenters import deeplab_nodes
 from vwl_lightning.models.deeplab import ASPP, DeepLabV2
 from vwl_lightning.modules.segmenter import segmentation_loss
 from vwl_lightning.stages.train_segmenter import (
