@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fixtures_segmenters import build_deeplab, deeplab_nodes
 from vwl_lightning.data.transforms import normalise
 from vwl_lightning.errors import DataError
 from vwl_lightning.models.caffe_deeplab import (
@@ -26,7 +27,7 @@ from vwl_lightning.models.caffe_deeplab import (
     load_caffe_deeplab,
     torchvision_to_caffe,
 )
-from vwl_lightning.models.deeplab import DeepLabV2, build_deeplab
+from vwl_lightning.models.deeplab import ASPP, DeepLabV2
 from vwl_lightning.models.dilated_resnet import block_dilations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,7 +80,8 @@ def caffe_deeplab(layers=R101, width: int = 64, num_classes: int = 21) -> DeepLa
     """DeepLabV2 on the caffe trunk; built on the meta device and materialised uninitialised (the loader
     overwrites every trunk tensor and initialises the ASPP), so ResNet-101 costs no random init."""
     with torch.device("meta"):
-        model = DeepLabV2(build_caffe_trunk(8, True, layers, width), num_classes, msc_scales=())  # type: ignore[arg-type]
+        trunk = build_caffe_trunk(8, True, layers, width)
+        model = DeepLabV2(trunk, ASPP(trunk.out_channels, num_classes), msc_scales=())
     return model.to_empty(device="cpu")
 
 
@@ -224,11 +226,10 @@ def small_caffe_module(tmp_path: Path):
     torch.save(state, tmp_path / "coco.pth")
     backbone = {"name": "caffe_resnet101", "output_stride": 8, "fixed_bn": True, "pretrained": "file",
                 "weights_path": str(tmp_path / "coco.pth"), "model_kwargs": SMALL}
-    optim = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9, "lr_grouping": "corrected",
-             "lr_mults": {"backbone": 1.0, "aspp_weight": 10.0, "aspp_bias": 20.0}, "aspp_bias_weight_decay": 0.0,
-             "train_bn": False}
-    module = SegmenterModule(21, backbone, {"rates": [6, 12, 18, 24], "init_std": 0.01}, {"enabled": True},
-                             {"resolution": "logits"}, optim)
+    groups = {"lr_grouping": "corrected", "lr_mults": {"backbone": 1.0, "aspp_weight": 10.0, "aspp_bias": 20.0},
+              "aspp_bias_weight_decay": 0.0, "train_bn": False}
+    module = SegmenterModule(21, **deeplab_nodes(backbone, {"rates": [6, 12, 18, 24], "init_std": 0.01},
+                                                 {"enabled": True}, "logits", groups=groups))
     return module, state
 
 
@@ -256,13 +257,11 @@ def test_frozen_bn_survives_a_lightning_training_step(tmp_path: Path) -> None:
 
 
 def test_param_groups_trunk_1x_aspp_10x_and_20x(tmp_path: Path) -> None:
-    from vwl_lightning.modules.optim import build_sgd
-    from vwl_lightning.modules.segmenter import segmenter_param_groups
+    from vwl_lightning.modules.optim import make_optimizer
+    from vwl_lightning.utils.instantiate import build
 
     module, _ = small_caffe_module(tmp_path)
-    o = module.optim_cfg
-    optimizer = build_sgd(segmenter_param_groups(module.model, "corrected", o["lr_mults"], 0.0),
-                          lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+    optimizer = make_optimizer(build(module.hparams.optimizer, "segmenter.optimizer"), module.groups(module.model))
     groups = {g["name"]: g for g in optimizer.param_groups}
     trunk_convs = [m.weight for m in module.model.backbone.modules() if isinstance(m, nn.Conv2d)]
     assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in trunk_convs}

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from fixtures_segmenters import build_emanet, emanet_nodes
 from vwl_lightning.errors import DataError
 from vwl_lightning.models.dilated_resnet import block_dilations
-from vwl_lightning.models.emanet import EMAU, build_emanet, load_emanet_checkpoint, load_encoding_resnet
+from vwl_lightning.models.emanet import EMAU, load_emanet_checkpoint, load_encoding_resnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,9 +156,8 @@ def test_dilation_quirk_and_stride_on_the_3x3() -> None:
 def test_513_input_gives_65x65_features_and_full_size_logits() -> None:
     from vwl_lightning.modules.emanet import EMANetModule
 
-    module = EMANetModule(21, {"kind": "deep_resnet", "pretrained": "none", "model_kwargs": SMALL},
-                          {"mid_channels": 16, "head_channels": 8, "bases": 4}, {"normalise": "pixels"},
-                          {"lr": 0.009, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9}).eval()
+    module = EMANetModule(21, **emanet_nodes({"kind": "deep_resnet", "pretrained": "none", "model_kwargs": SMALL},
+                                             {"mid_channels": 16, "head_channels": 8, "bases": 4})).eval()
     x = torch.randn(2, 3, 513, 513)
     with torch.no_grad():
         assert module.model.extractor(x).shape == (2, 32 * SMALL["base_width"], 65, 65)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fixtures_segmenters import irn_nodes
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.backbone import Backbone
 from vwl_lightning.models.irnet import IRNet, boundary_map
@@ -81,8 +82,9 @@ def test_stride4_labels_take_pixel_4y_plus_2() -> None:
 
 
 def test_module_loss_is_finite_and_backpropagates_to_the_branch_only() -> None:
-    module = IRNModule(backbone={"name": "resnet18", "output_stride": 16, "frozen": [], "pretrained": "none",
-                                 "model_kwargs": {"channels": [8, 16, 32, 64]}}, backbone_source="scratch", radius=5)
+    trunk = {"name": "resnet18", "output_stride": 16, "frozen": [], "pretrained": "none",
+             "model_kwargs": {"channels": [8, 16, 32, 64]}}
+    module = IRNModule(**irn_nodes(trunk), backbone_source="scratch", radius=5)
     masks = torch.zeros(2, 64, 64, dtype=torch.long)
     masks[:, 20:44, 20:44] = 3
     masks[:, 44:48] = 255
@@ -91,8 +93,14 @@ def test_module_loss_is_finite_and_backpropagates_to_the_branch_only() -> None:
     assert torch.isfinite(out["total"]) and out["neg"] > 0 and out["fg_pos"] > 0
     out["total"].backward()
     assert module.model.edge_out.weight.grad is not None
-    with pytest.raises(ConfigError, match="irn.backbone_source"):
-        IRNModule(backbone={}, backbone_source="imagenet1k")
+    with pytest.raises(ConfigError, match=r"^irn\.backbone_source='imagenet1k': expected one of"):
+        IRNModule(**irn_nodes({}), backbone_source="imagenet1k")
+    with pytest.raises(ConfigError, match=r"^irn\.net\.gn_groups=5: expected a divisor of branch_channels=32"):
+        IRNModule(**{**irn_nodes({}), "net": {"_target_": "vwl_lightning.models.irnet.IRNet", "gn_groups": 5}},
+                  backbone_source="scratch")
+    with pytest.raises(ConfigError, match=r"^irn\.scheduler\.power=-1"):
+        IRNModule(**{**irn_nodes({}), "scheduler": {"_target_": "vwl_lightning.modules.optim.PolyLR",
+                                                    "_partial_": True, "power": -1}}, backbone_source="scratch")
 
 
 def test_irn_efficientnet_config_builds_the_packaged_imagenet_trunk_frozen(tmp_path, cache_dir) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fixtures_segmenters import emanet_nodes
 from vwl_lightning.modules.emanet import (
     EMANetModule,
     emanet_loss,
@@ -22,18 +24,16 @@ from vwl_lightning.modules.emanet import (
     pad_to_8k1,
     stepped_poly_lambda,
 )
-from vwl_lightning.modules.optim import build_sgd
+from vwl_lightning.modules.optim import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = {"layers": [1, 1, 1, 1], "base_width": 4}
-OPTIM = {"lr": 0.009, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9, "lr_step_every": 10,
-         "bias_lr_mult": 2.0}
 
 
-def small_module(**loss) -> EMANetModule:
-    return EMANetModule(4, {"kind": "deep_resnet", "pretrained": "none", "model_kwargs": SMALL},
-                        {"mid_channels": 8, "head_channels": 4, "bases": 3}, {"normalise": "pixels", **loss}, OPTIM)
+def small_module(normalise: str = "pixels") -> EMANetModule:
+    return EMANetModule(4, **emanet_nodes({"kind": "deep_resnet", "pretrained": "none", "model_kwargs": SMALL},
+                                          {"mid_channels": 8, "head_channels": 4, "bases": 3}, normalise))
 
 
 class Batches(pl.LightningDataModule):
@@ -109,8 +109,8 @@ def test_loss_normalisation_switch() -> None:
 
 def test_optimizer_groups_by_module_type() -> None:
     module = small_module()
-    groups = {g["name"]: g for g in build_sgd(emanet_param_groups(module.model), lr=0.009, momentum=0.9,
-                                              weight_decay=1e-4).param_groups}
+    sgd = partial(torch.optim.SGD, lr=0.009, momentum=0.9, weight_decay=1e-4)
+    groups = {g["name"]: g for g in make_optimizer(sgd, emanet_param_groups(module.model)).param_groups}
     convs = [m for m in module.model.modules() if isinstance(m, nn.Conv2d) and m is not module.model.emau.conv1]
     bns = [m for m in module.model.modules() if isinstance(m, nn.BatchNorm2d)]
     ids = lambda params: {id(p) for p in params}  # noqa: E731
@@ -132,6 +132,41 @@ def test_poly_is_recomputed_every_10_iterations() -> None:
     assert 0.009 * factor(9) == pytest.approx(0.009 * (1 - 10 / 30000) ** 0.9)
     assert factor(18) == factor(9) and factor(19) == pytest.approx((1 - 20 / 30000) ** 0.9)
     assert stepped_poly_lambda(100, 0.9, 1)(4) == pytest.approx((1 - 5 / 100) ** 0.9)
+
+
+def test_stepped_poly_scheduler_has_the_same_numbers() -> None:
+    from vwl_lightning.modules.optim import SteppedPolyLR
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.009)
+    scheduler = SteppedPolyLR(optimizer, total_steps=100, power=0.9, every=10)
+    lrs = []
+    for _ in range(25):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    factor = stepped_poly_lambda(100, 0.9, 10)
+    assert lrs == pytest.approx([0.009 * factor(k) for k in range(25)])
+
+
+def test_bad_node_values_name_the_key() -> None:
+    from vwl_lightning.errors import ConfigError
+
+    nodes = emanet_nodes({"kind": "deep_resnet", "pretrained": "none", "model_kwargs": SMALL},
+                         {"mid_channels": 8, "head_channels": 4, "bases": 0})
+    with pytest.raises(ConfigError, match=r"^segmenter\.head\.bases=0: expected an integer >= 1$"):
+        EMANetModule(4, **nodes)
+    nodes = emanet_nodes({"kind": "deep_resnet", "pretrained": "none"}, {}, every=0)
+    with pytest.raises(ConfigError, match=r"^segmenter\.scheduler\.every=0"):
+        EMANetModule(4, **nodes)
+    nodes = emanet_nodes({"kind": "resnet"}, {}, normalise="mean")
+    with pytest.raises(ConfigError, match=r"^segmenter\.backbone\.kind='resnet'"):
+        EMANetModule(4, **nodes)
+    nodes = emanet_nodes({"kind": "deep_resnet", "name": "resnet18"}, {})
+    with pytest.raises(ConfigError, match=r"^segmenter\.backbone\.name='resnet18'"):
+        EMANetModule(4, **nodes)
+    nodes = emanet_nodes({"kind": "deep_resnet"}, {}, normalise="mean")
+    with pytest.raises(ConfigError, match=r"^segmenter\.loss\.normalise='mean'"):
+        EMANetModule(4, **nodes)
 
 
 def test_lightning_step_with_the_scheduler() -> None:

@@ -97,7 +97,7 @@ def check_common_spec_values(cfg) -> None:
         ("imagenet", "resnet50", 16, False)
     assert (i.seeds.fg_thres, i.seeds.bg_thres, i.seeds.crf_preset) == (0.30, 0.05, "irn_label")
     assert (i.radius, i.crop_size, i.batch_size, i.max_epochs) == (10, 512, 32, 3)
-    assert (i.optim.lr, i.optim.weight_decay, i.optim.momentum, i.optim.poly_power) == (0.1, 1e-4, 1e-4, 0.9)
+    assert (i.optimizer.lr, i.optimizer.weight_decay, i.optimizer.momentum, i.scheduler.power) == (0.1, 1e-4, 1e-4, 0.9)
     assert (i.walk.radius, i.walk.beta, i.walk.exp_times, i.walk.bg_thres, i.walk.pad_to) == (5, 10.0, 8, 0.25, 512)
     assert i.train_split == cfg.data.train_split
     assert cfg.pseudo.split == cfg.data.train_split
@@ -111,9 +111,9 @@ def check_common_spec_values(cfg) -> None:
     assert list(s.aspp.rates) == [6, 12, 18, 24]
     assert s.msc.enabled and list(s.msc.scales) == [0.5, 0.75]
     assert s.train_transform.crop_size == 321 and list(s.train_transform.scales) == [0.5, 0.75, 1.0, 1.25, 1.5]
-    assert (s.batch_size, s.optim.lr, s.optim.momentum, s.optim.weight_decay, s.optim.poly_power) == \
+    assert (s.batch_size, s.optimizer.lr, s.optimizer.momentum, s.optimizer.weight_decay, s.scheduler.power) == \
         (10, 1e-3, 0.9, 5e-4, 0.9)
-    assert s.optim.train_bn is False
+    assert s.groups.train_bn is False
     assert s.train_split == cfg.data.train_split
     assert (s.eval.scales[0], s.eval.flip, s.eval.crf, s.eval.crf_preset) == (1.0, False, True, "deeplab_test")
 

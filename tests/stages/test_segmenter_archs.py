@@ -32,14 +32,14 @@ def test_paper_row_experiments_compose(make_config) -> None:
         s = cfg.segmenter
         assert kind_of(cfg.model.codebook) == codebook and s.arch == "deeplabv2"
         assert s.backbone.name == "caffe_resnet101" and s.backbone.pretrained == "file" and s.backbone.fixed_bn
-        assert s.optim.lr == 1e-3 and s.batch_size == 10 and s.max_steps == 20000 and s.msc.enabled
-        assert s.optim.lr_grouping in ("corrected", "faithful") and s.optim.train_bn is False
+        assert s.optimizer.lr == 1e-3 and s.batch_size == 10 and s.max_steps == 20000 and s.msc.enabled
+        assert s.groups.lr_grouping in ("corrected", "faithful") and s.groups.train_bn is False
         assert list(s.aspp.rates) == [6, 12, 18, 24] and s.train_transform.crop_size == 321
     ema = make_config("+experiment=voc_vwl_l_emanet", "segmenter.backbone.weights_path=/w/r101.pth", tiny=False)
     s = ema.segmenter
     assert s.arch == "emanet" and s.backbone.kind == "deep_resnet" and not s.backbone.canonical_rates
     assert (s.head.mid_channels, s.head.bases, s.head.iterations, s.head.em_momentum) == (512, 64, 3, 0.9)
-    assert s.optim.lr == 9e-3 and s.optim.bias_lr_mult == 2.0 and s.optim.lr_step_every == 10
+    assert s.optimizer.lr == 9e-3 and s.groups.bias_lr_mult == 2.0 and s.scheduler.every == 10
     assert s.batch_size == 16 and s.max_steps == 30000 and s.train_transform.crop_size == 513
     assert list(s.train_transform.scales) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     assert s.loss.normalise == "pixels" and s.eval.pad_8k1 and ema.trainer.sync_batchnorm is True

@@ -9,12 +9,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from fixtures_segmenters import deeplab_nodes
 from vwl_lightning.data.label_png import read_label_png, write_label_png
 from vwl_lightning.data.meta import voc_palette
 from vwl_lightning.data.pseudo_mask_data import SegmenterDataModule
@@ -22,7 +24,7 @@ from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.data.voc import SegmentationDataset
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.models.backbone import Backbone
-from vwl_lightning.models.deeplab import ASPP, DeepLabV2, build_deeplab
+from vwl_lightning.models.deeplab import ASPP, DeepLabV2
 from vwl_lightning.modules.segmenter import segmentation_loss
 from vwl_lightning.stages.train_segmenter import (
     EVAL_CRF_DIR,
@@ -51,7 +53,8 @@ def tiny_backbone(output_stride: int = 8) -> Backbone:
 
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_deeplab_output_shapes_and_dilated_trunk(output_stride: int) -> None:
-    net = DeepLabV2(tiny_backbone(output_stride), num_classes=5, msc_scales=())
+    trunk = tiny_backbone(output_stride)
+    net = DeepLabV2(trunk, ASPP(trunk.out_channels, 5), msc_scales=())
     x = torch.randn(2, 3, 64, 80)
     assert net(x).shape == (2, 5, 64 // output_stride, 80 // output_stride)
     assert len(net.outputs(x)) == 1
@@ -72,13 +75,14 @@ def test_aspp_is_the_sum_of_four_dilated_3x3_convs() -> None:
     expected = sum(F.conv2d(x, c.weight, c.bias, padding=r, dilation=r)
                    for c, r in zip(aspp.branches, (6, 12, 18, 24), strict=True))
     torch.testing.assert_close(aspp(x), expected)
-    with pytest.raises(ConfigError, match=r"segmenter\.aspp\.rates"):
+    with pytest.raises(ConfigError, match=r"^rates=\[\]: expected a non-empty list of integers >= 1$"):
         ASPP(6, 4, rates=[])
 
 
 def test_msc_outputs_and_max_fusion() -> None:
     torch.manual_seed(0)
-    net = DeepLabV2(tiny_backbone(8), num_classes=3, msc_scales=(0.5, 0.75)).eval()
+    trunk = tiny_backbone(8)
+    net = DeepLabV2(trunk, ASPP(trunk.out_channels, 3), msc_scales=(0.5, 0.75)).eval()
     x = torch.randn(1, 3, 64, 64)
     outs = net.outputs(x)
     assert [tuple(o.shape[-2:]) for o in outs] == [(8, 8), (4, 4), (6, 6), (8, 8)]
@@ -104,13 +108,13 @@ def test_msc_outputs_and_max_fusion() -> None:
 def test_configs_compose_and_build(make_config) -> None:
     cfg = make_config()
     assert cfg.segmenter.pseudo_dir == f"{cfg.run_dir}/pseudo"
-    assert cfg.segmenter.optim.lr_grouping == "corrected" and cfg.segmenter.msc.enabled is False
+    assert cfg.segmenter.groups.lr_grouping == "corrected" and cfg.segmenter.msc.enabled is False
     assert cfg.segmenter.backbone_init == f"{cfg.run_dir}/classifier" and list(cfg.segmenter.aspp.rates) == [2, 4, 6, 8]
     voc = make_config("segmenter=deeplabv2", "segmenter.backbone.pretrained=none")
     s = voc.segmenter
     assert (s.backbone.name, s.backbone.output_stride, s.train_transform.crop_size, s.batch_size, s.max_steps) \
         == ("resnet101", 8, 321, 10, 20000)
-    assert (s.optim.lr, s.optim.momentum, s.optim.weight_decay, s.optim.poly_power) == (1e-3, 0.9, 5e-4, 0.9)
+    assert (s.optimizer.lr, s.optimizer.momentum, s.optimizer.weight_decay, s.scheduler.power) == (1e-3, 0.9, 5e-4, 0.9)
     assert list(s.msc.scales) == [0.5, 0.75] and list(s.aspp.rates) == [6, 12, 18, 24]
     assert s.backbone_init is None and s.eval.crf_preset == "deeplab_test"
     assert list(s.train_transform.scales) == [0.5, 0.75, 1.0, 1.25, 1.5]
@@ -118,9 +122,9 @@ def test_configs_compose_and_build(make_config) -> None:
     assert module.model.msc_scales == (0.5, 0.75) and module.model.backbone.name == "resnet101"
     norms = [m for m in module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and not any(p.requires_grad for m in norms for p in m.parameters())  # DeepLab: BN frozen
-    with pytest.raises(ConfigError, match=r"segmenter\.optim\.lr_grouping must be one of"):
-        build_module(make_config("segmenter.optim.lr_grouping=conv8", *TINY_NET), 9, [str(i) for i in range(9)])
-    with pytest.raises(ConfigError, match=r"pretrained=file needs segmenter\.backbone\.weights_path"):
+    with pytest.raises(ConfigError, match=r"^segmenter\.groups\.lr_grouping='conv8': expected one of"):
+        build_module(make_config("segmenter.groups.lr_grouping=conv8", *TINY_NET), 9, [str(i) for i in range(9)])
+    with pytest.raises(ConfigError, match=r"pretrained=file needs"):
         build_module(make_config("segmenter=deeplabv2"), 21, [str(i) for i in range(21)])
 
 
@@ -160,7 +164,7 @@ def test_corrected_grouping_puts_aspp_at_10x_and_20x(make_config) -> None:
     module = build_module(cfg, 9, [str(i) for i in range(9)])
     optimizer = optimizer_of(module)
     groups = {g["name"]: g for g in optimizer.param_groups}
-    lr = cfg.segmenter.optim.lr
+    lr = cfg.segmenter.optimizer.lr
     assert list(groups) == ["backbone", "aspp_weight", "aspp_bias"]
     assert [groups[n]["lr"] for n in groups] == pytest.approx([lr, 10 * lr, 20 * lr])
     assert groups["aspp_bias"]["weight_decay"] == 0.0
@@ -173,12 +177,12 @@ def test_corrected_grouping_puts_aspp_at_10x_and_20x(make_config) -> None:
 
 
 def test_faithful_grouping_leaves_aspp_biases_out(make_config) -> None:
-    cfg = make_config(*TINY_NET, "segmenter.optim.lr_grouping=faithful", "segmenter.optim.train_bn=false")
+    cfg = make_config(*TINY_NET, "segmenter.groups.lr_grouping=faithful", "segmenter.groups.train_bn=false")
     module = build_module(cfg, 9, [str(i) for i in range(9)])
     optimizer = optimizer_of(module)
     assert [g["name"] for g in optimizer.param_groups] == ["conv_1x"]
     group = optimizer.param_groups[0]
-    assert group["lr"] == pytest.approx(cfg.segmenter.optim.lr)
+    assert group["lr"] == pytest.approx(cfg.segmenter.optimizer.lr)
     in_group = {id(p) for p in group["params"]}
     convs = [m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert in_group == {id(m.weight) for m in convs}  # every conv weight at 1x, nothing else
@@ -383,7 +387,51 @@ def test_pseudo_mask_values_outside_the_classes_name_the_file(trained: SimpleNam
 
 
 def test_segmenter_builder_rejects_bad_settings() -> None:
-    with pytest.raises(ConfigError, match=r"segmenter\.backbone\.dilate must be true"):
-        build_deeplab(3, {"name": "resnet18", "dilate": False}, {}, {})
-    with pytest.raises(ConfigError, match=r"segmenter\.backbone\.output_stride must be 8 or 16"):
-        build_deeplab(3, {"name": "resnet18", "output_stride": 32}, {}, {})
+    from vwl_lightning.modules.segmenter import SegmenterModule
+
+    with pytest.raises(ConfigError, match=r"^segmenter\.backbone\.dilate=False: expected true"):
+        SegmenterModule(3, **deeplab_nodes({"name": "resnet18", "dilate": False}))
+    with pytest.raises(ConfigError, match=r"^segmenter\.backbone\.output_stride=32: expected 8 or 16"):
+        SegmenterModule(3, **deeplab_nodes({"name": "resnet18", "output_stride": 32}))
+
+
+@pytest.mark.parametrize(("override", "line"), [
+    ("segmenter.aspp.rates=[0]", "segmenter.aspp.rates=[0]: expected a non-empty list of integers >= 1"),
+    ("segmenter.aspp.rates=[]", "segmenter.aspp.rates=[]: expected a non-empty list of integers >= 1"),
+    ("segmenter.aspp.init_std=0", "segmenter.aspp.init_std=0: expected a number > 0"),
+    ("segmenter.msc.enabled=true", None),
+    ("segmenter.msc.scales=[-0.5]", "segmenter.msc.scales=[-0.5]: expected a non-empty list of positive numbers"),
+    ("segmenter.loss.resolution=pixels", "segmenter.loss.resolution='pixels': expected one of labels, logits"),
+    ("segmenter.scheduler.power=-1", "segmenter.scheduler.power=-1: expected a number >= 0"),
+    ("segmenter.groups.lr_mults.aspp_bias=0", "segmenter.groups.lr_mults.aspp_bias=0: expected a number > 0"),
+    ("segmenter.optimizer.lr=-1", "segmenter.optimizer: Invalid learning rate: -1"),
+])
+def test_a_bad_value_is_one_line_naming_the_key(make_config, override: str, line: str | None) -> None:
+    """Start-up (check_segmenter) and the module give the same one line, read from the classes."""
+    from vwl_lightning.stages.train_segmenter import check_segmenter
+
+    cfg = make_config(*TINY_NET, override)
+    if line is None:
+        check_segmenter(cfg)
+        return
+    for action in (lambda: check_segmenter(cfg), lambda: build_module(cfg, 9, ["x"] * 9)):
+        with pytest.raises(ConfigError) as info:
+            action()
+        assert str(info.value).startswith(line) and "\n" not in str(info.value)
+
+
+def test_load_from_checkpoint_needs_no_arguments(make_config, tmp_path: Path) -> None:
+    """The module's nodes are its hyper-parameters: a saved SegmenterModule loads back as it was."""
+    from vwl_lightning.modules.segmenter import SegmenterModule
+
+    module = build_module(make_config(*TINY_NET), 9, [str(i) for i in range(9)])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(module)
+    path = tmp_path / "segmenter.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    loaded = SegmenterModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert loaded.hparams.aspp == module.hparams.aspp and loaded.groups.lr_grouping == "corrected"
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert load_segmenter(path).hparams.optimizer["lr"] == module.hparams.optimizer["lr"]

@@ -37,8 +37,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.errors import DataError
 from vwl_lightning.models.dilated_resnet import DilatedResNet, caffe_rates
+from vwl_lightning.utils.instantiate import ArgumentError, require_choice, require_number
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,72 @@ def torchvision_to_caffe(key: str) -> str | None:
         branch = {v: k for k, v in BRANCHES.items()}[module[-1]]
         kind = "conv" if module.startswith("conv") else "bn"
     return f"layer{int(stage) + 1}.block{int(block) + 1}.{branch}.{kind}.{rest}"
+
+
+CAFFE_LAYERS = (3, 4, 23, 3)
+CAFFE_PRETRAINED = ("none", "file")
+
+
+class CaffeResNet(DilatedResNet):
+    """The caffe DeepLab ResNet trunk (spec §12.3) as ``segmenter.backbone`` of DeepLabV2, BN frozen (spec §12.4).
+
+    Its weight file (``pretrained=file``) is a DeepLab file: :class:`~vwl_lightning.models.deeplab.DeepLabV2`
+    loads it once its ASPP exists (:func:`load_caffe_deeplab`; not inside ``weights_from_checkpoint``).
+
+    Args:
+        name: ``caffe_resnet101`` (the name the data transforms read for the caffe input convention).
+        output_stride: 8 or 16.
+        fixed_bn: must be true (spec §12.4).
+        pretrained: ``none`` | ``file``.
+        weights_path: the local ``deeplabv1_resnet101-*.pth`` for ``pretrained=file``.
+        model_kwargs: ``layers`` (default 3, 4, 23, 3) and ``base_width`` (64): only for small test trunks.
+        dilate, frozen, hub_tag: :class:`~vwl_lightning.models.backbone.Backbone` settings the caffe trunk fixes
+            (dilated, nothing frozen, no hub); accepted at those values only, so this node can replace a
+            Backbone node (conf/segmenter/deeplabv2.yaml's, an experiment's) key for key.
+    """
+
+    def __init__(self, name: str = CAFFE_BACKBONE, output_stride: int = 8, fixed_bn: bool = True,
+                 pretrained: str = "none", weights_path: str | None = None, model_kwargs: Mapping | None = None,
+                 dilate: bool = True, frozen: Sequence[str] = (), hub_tag: str | None = None) -> None:
+        self.check_arguments(name, output_stride, fixed_bn, pretrained, weights_path, model_kwargs, dilate, frozen,
+                             hub_tag)
+        from vwl_lightning.models import backbone as backbone_module
+
+        geometry = dict(model_kwargs or {})
+        layers = tuple(int(n) for n in geometry.get("layers", CAFFE_LAYERS))
+        super().__init__("caffe", "1x1", caffe_rates(layers, output_stride), layers=layers,
+                         base_width=int(geometry.get("base_width", 64)), fixed_bn=True,
+                         bn_momentum=CAFFE_BN_MOMENTUM, output_stride=output_stride)
+        self.name = name
+        loads = pretrained == "file" and not backbone_module._CHECKPOINT_REBUILDS
+        self.weights_to_load: str | None = str(weights_path) if loads else None
+
+    @classmethod
+    def check_arguments(cls, name: str, output_stride: int, fixed_bn: bool, pretrained: str,
+                        weights_path: str | None, model_kwargs: Mapping | None, dilate: bool, frozen: Sequence[str],
+                        hub_tag: str | None) -> None:
+        require_choice("name", name, (CAFFE_BACKBONE,))
+        require_choice("output_stride", output_stride, (8, 16))
+        if fixed_bn is not True:
+            raise ArgumentError("fixed_bn", fixed_bn, f"true for {CAFFE_BACKBONE}: DeepLab freezes BN (spec §12.4)")
+        require_choice("pretrained", pretrained, CAFFE_PRETRAINED)
+        if pretrained == "file" and not weights_path:
+            raise ArgumentError("weights_path", weights_path, "the local caffe-converted deeplabv1_resnet101-coco.pth "
+                                "(or -imagenet.pth) for pretrained=file")
+        geometry = model_kwargs if model_kwargs is not None else {}
+        if not isinstance(geometry, Mapping) or set(geometry) - {"layers", "base_width"}:
+            raise ArgumentError("model_kwargs", model_kwargs, f"{{layers, base_width}} for {CAFFE_BACKBONE}")
+        layers = geometry.get("layers", CAFFE_LAYERS)
+        if not isinstance(layers, Sequence) or len(layers) != 4 or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers):
+            raise ArgumentError("model_kwargs", dict(geometry), "layers: 4 positive block counts")
+        require_number("model_kwargs.base_width", geometry.get("base_width", 64), 1, integer=True)
+        if dilate is not True:
+            raise ArgumentError("dilate", dilate, "true: the caffe DeepLab trunk is dilated")
+        if frozen:
+            raise ArgumentError("frozen", frozen, f"[] for {CAFFE_BACKBONE} (BN is frozen, every conv trains)")
+        if hub_tag is not None:
+            raise ArgumentError("hub_tag", hub_tag, f"null: {CAFFE_BACKBONE} loads a local file (weights_path)")
 
 
 def build_caffe_trunk(output_stride: int = 8, fixed_bn: bool = True, layers: Sequence[int] = (3, 4, 23, 3),
@@ -175,20 +242,3 @@ def load_caffe_deeplab(model: nn.Module, path: str | Path, init_std: float = 0.0
              " sha256 %s", path, len(mapped), len(ignored), ", ".join(ignored) or "none", len(initialised),
              init_std, digest)
     return LoadReport(str(path), digest, tuple(mapped), tuple(ignored), tuple(initialised))
-
-
-def check_caffe_kwargs(kwargs: Mapping) -> dict:
-    """The trunk settings of ``segmenter.backbone`` for :data:`CAFFE_BACKBONE` (ConfigError on bad values)."""
-    model_kwargs = dict(kwargs.get("model_kwargs") or {})
-    unknown = sorted(set(model_kwargs) - {"layers", "base_width"})
-    if unknown:
-        raise ConfigError(f"segmenter.backbone.model_kwargs: {CAFFE_BACKBONE} takes layers and base_width, "
-                          f"got {unknown}")
-    if kwargs.get("pretrained", "none") not in ("none", "file"):
-        raise ConfigError(f"segmenter.backbone.pretrained must be none or file for {CAFFE_BACKBONE} (a local "
-                          f"deeplabv1_resnet101-*.pth), got {kwargs.get('pretrained')!r}")
-    if kwargs.get("pretrained") == "file" and not kwargs.get("weights_path"):
-        raise ConfigError(f"segmenter.backbone.pretrained=file needs segmenter.backbone.weights_path: the local "
-                          f"caffe-converted deeplabv1_resnet101-coco.pth (or -imagenet.pth) for {CAFFE_BACKBONE}")
-    return {"layers": tuple(int(n) for n in model_kwargs.get("layers", (3, 4, 23, 3))),
-            "base_width": int(model_kwargs.get("base_width", 64))}

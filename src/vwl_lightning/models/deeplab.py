@@ -10,6 +10,10 @@
   fused by an element-wise **max**: ``logits_max = max(l_1, up(l_0.5), up(l_0.75))``.  In training the
   loss is averaged over ``[l_1, l_0.5, l_0.75, logits_max]`` (each at its own resolution, see
   :meth:`DeepLabV2.outputs`); at test time only ``logits_max`` is used.
+
+Config (``segmenter.backbone`` / ``segmenter.aspp`` / ``segmenter.msc``, conf/segmenter/deeplabv2.yaml): the
+trunk, :class:`ASPP` and :class:`MSC` are ``_target_`` nodes built by the module
+(:class:`~vwl_lightning.modules.segmenter.SegmenterModule`), which puts them together as :class:`DeepLabV2`.
 """
 
 from __future__ import annotations
@@ -20,34 +24,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwl_lightning.errors import ConfigError
-from vwl_lightning.models.backbone import Backbone
-from vwl_lightning.models.caffe_deeplab import CAFFE_BACKBONE, build_caffe_trunk, check_caffe_kwargs, load_caffe_deeplab
+from vwl_lightning.models.caffe_deeplab import CaffeResNet, load_caffe_deeplab
+from vwl_lightning.utils.instantiate import ArgumentError, require_int_list, require_number, require_positive_list
 
 ASPP_RATES = (6, 12, 18, 24)
 MSC_SCALES = (0.5, 0.75)
+OUTPUT_STRIDES = (8, 16)
 
 
 class ASPP(nn.Module):
     """DeepLabV2 atrous spatial pyramid pooling: ``Σ_r conv3x3(F; dilation=r, padding=r)`` (spec §7).
 
     Each branch maps ``in_channels`` → ``num_classes`` directly; padding = rate keeps the spatial size.
+
+    Args:
+        in_channels: channels of the trunk's feature map (given by the module).
+        num_classes: classes including background (given by the module).
+        rates: dilation rates (spec: 6, 12, 18, 24).
+        init_std: std of the weight initialisation N(0, init_std²); biases 0.
     """
 
     def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int] = ASPP_RATES,
                  init_std: float = 0.01) -> None:
+        require_number("num_classes", num_classes, 2, integer=True)
+        self.check_arguments(rates, init_std)
         super().__init__()
-        rates = tuple(int(r) for r in rates)
-        if not rates or any(r < 1 for r in rates):
-            raise ConfigError(f"segmenter.aspp.rates must be a non-empty list of positive integers, got {list(rates)}")
-        if init_std <= 0:
-            raise ConfigError(f"segmenter.aspp.init_std must be > 0, got {init_std}")
-        self.rates = rates
+        self.rates = tuple(int(r) for r in rates)
+        self.init_std = float(init_std)
         self.branches = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=r, dilation=r, bias=True) for r in rates
+            nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=r, dilation=r, bias=True) for r in self.rates
         )
+        self.reset_parameters()
+
+    @classmethod
+    def check_arguments(cls, rates: Sequence[int], init_std: float) -> None:
+        require_int_list("rates", list(rates) if isinstance(rates, tuple) else rates, 1)
+        require_number("init_std", init_std, 0, low_open=True)
+
+    def reset_parameters(self) -> None:
+        """Weights ~ N(0, init_std²), biases 0."""
         for conv in self.branches:
-            nn.init.normal_(conv.weight, mean=0.0, std=init_std)
+            nn.init.normal_(conv.weight, mean=0.0, std=self.init_std)
             nn.init.zeros_(conv.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -57,29 +74,49 @@ class ASPP(nn.Module):
         return out
 
 
-class DeepLabV2(nn.Module):
-    """Dilated ResNet + ASPP, with optional MSC (module docstring; spec §7).
+class MSC:
+    """Multi-scale inputs (spec §7): the extra input scales of :meth:`DeepLabV2.outputs`.
 
     Args:
-        backbone: a dilated :class:`Backbone` (``dilate=True``).
-        num_classes: classes including background.
-        rates: ASPP dilation rates (spec: 6, 12, 18, 24).
-        init_std: std of the ASPP weight initialisation.
-        msc_scales: extra input scales of MSC (spec: 0.5, 0.75); empty or ``None`` turns MSC off.
+        enabled: MSC on (spec §7) or off (one input scale).
+        scales: the extra input scales (spec: 0.5, 0.75).
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int, rates: Sequence[int] = ASPP_RATES,
-                 init_std: float = 0.01, msc_scales: Sequence[float] | None = MSC_SCALES) -> None:
+    def __init__(self, enabled: bool = True, scales: Sequence[float] = MSC_SCALES) -> None:
+        self.check_arguments(enabled, scales)
+        self.scales: tuple[float, ...] = tuple(float(s) for s in scales) if enabled else ()
+
+    @classmethod
+    def check_arguments(cls, enabled: bool, scales: Sequence[float]) -> None:
+        if not isinstance(enabled, bool):
+            raise ArgumentError("enabled", enabled, "true or false")
+        require_positive_list("scales", list(scales) if isinstance(scales, tuple) else scales)
+
+
+class DeepLabV2(nn.Module):
+    """Dilated trunk + ASPP, with optional MSC (module docstring; spec §7).
+
+    Args:
+        backbone: a dilated trunk (:class:`~vwl_lightning.models.backbone.Backbone` with ``dilate=True``, or
+            :class:`~vwl_lightning.models.caffe_deeplab.CaffeResNet`) at output stride 8 or 16.
+        aspp: the :class:`ASPP` head over ``backbone.out_channels``.
+        msc_scales: extra input scales of MSC (spec: 0.5, 0.75); empty turns MSC off.
+
+    A :class:`CaffeResNet` with a weight file is loaded here, after the ASPP exists: the caffe DeepLab file
+    initialises the trunk and re-initialises the ASPP (spec §12.4, :func:`load_caffe_deeplab`).
+    """
+
+    def __init__(self, backbone: nn.Module, aspp: ASPP, msc_scales: Sequence[float] = ()) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ConfigError(f"DeepLabV2 needs at least 2 classes (background + 1), got {num_classes}")
-        scales = tuple(float(s) for s in (msc_scales or ()))
-        if any(s <= 0 for s in scales):
-            raise ConfigError(f"segmenter.msc.scales must be positive, got {list(scales)}")
+        output_stride = getattr(backbone, "output_stride", None)
+        if output_stride not in OUTPUT_STRIDES:
+            raise ArgumentError("output_stride", output_stride, "8 or 16 (DeepLab)")
         self.backbone = backbone
-        self.aspp = ASPP(backbone.out_channels, num_classes, rates, init_std)
-        self.num_classes = num_classes
-        self.msc_scales = scales
+        self.aspp = aspp
+        self.num_classes = aspp.branches[0].out_channels
+        self.msc_scales = tuple(float(s) for s in msc_scales)
+        if isinstance(backbone, CaffeResNet) and backbone.weights_to_load:
+            load_caffe_deeplab(self, backbone.weights_to_load, init_std=aspp.init_std)
 
     @property
     def output_stride(self) -> int:
@@ -112,46 +149,3 @@ class DeepLabV2(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Test-time logits at the output stride: ``l_1`` without MSC, the max-fused ``logits_max`` with."""
         return self.outputs(images)[-1]
-
-
-def build_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict) -> DeepLabV2:
-    """DeepLabV2 from the ``segmenter`` config (``backbone`` is passed to :class:`Backbone` with
-    ``dilate=True``, or names :data:`CAFFE_BACKBONE`, the caffe DeepLab trunk (spec §12); ``aspp``: ``rates``,
-    ``init_std``; ``msc``: ``enabled``, ``scales``)."""
-    kwargs = dict(backbone)
-    if kwargs.get("name") == CAFFE_BACKBONE:
-        return build_caffe_deeplab(num_classes, kwargs, aspp, msc)
-    if kwargs.pop("dilate", True) is not True:
-        raise ConfigError("segmenter.backbone.dilate must be true: DeepLabV2 uses the dilated trunk (spec §7)")
-    kwargs.setdefault("detach_after", None)
-    if kwargs.get("pretrained") == "file" and not kwargs.get("weights_path"):
-        raise ConfigError("segmenter.backbone.pretrained=file needs segmenter.backbone.weights_path: a local "
-                          "timm/torchvision ResNet checkpoint (ImageNet init), or set pretrained=none")
-    if kwargs.get("output_stride", 8) not in (8, 16):
-        raise ConfigError(f"segmenter.backbone.output_stride must be 8 or 16 (DeepLab), got {kwargs['output_stride']}")
-    trunk = Backbone(dilate=True, **kwargs)
-    scales = tuple(msc.get("scales", MSC_SCALES)) if bool(msc.get("enabled", False)) else ()
-    return DeepLabV2(trunk, num_classes, rates=tuple(aspp.get("rates", ASPP_RATES)),
-                     init_std=float(aspp.get("init_std", 0.01)), msc_scales=scales)
-
-
-def build_caffe_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict) -> DeepLabV2:
-    """DeepLabV2 on the caffe DeepLab ResNet trunk (spec §12.3), its BN frozen (spec §12.4), initialised from
-    ``backbone.weights_path`` when ``backbone.pretrained=file`` (not inside ``weights_from_checkpoint``)."""
-    from vwl_lightning.models import backbone as backbone_module
-
-    geometry = check_caffe_kwargs(backbone)
-    if backbone.get("output_stride", 8) not in (8, 16):
-        raise ConfigError(f"segmenter.backbone.output_stride must be 8 or 16 (DeepLab), "
-                          f"got {backbone['output_stride']}")
-    if backbone.get("fixed_bn", True) is not True:
-        raise ConfigError(f"segmenter.backbone.fixed_bn must be true for {CAFFE_BACKBONE}: DeepLab freezes BN "
-                          f"(spec §12.4)")
-    trunk = build_caffe_trunk(int(backbone.get("output_stride", 8)), fixed_bn=True, **geometry)
-    scales = tuple(msc.get("scales", MSC_SCALES)) if bool(msc.get("enabled", False)) else ()
-    init_std = float(aspp.get("init_std", 0.01))
-    model = DeepLabV2(trunk, num_classes, rates=tuple(aspp.get("rates", ASPP_RATES)), init_std=init_std,  # type: ignore[arg-type]
-                      msc_scales=scales)
-    if backbone.get("pretrained") == "file" and not backbone_module._CHECKPOINT_REBUILDS:
-        load_caffe_deeplab(model, str(backbone["weights_path"]), init_std=init_std)
-    return model

@@ -5,7 +5,8 @@ stride on the 3×3 conv and the official per-block rates at output stride 8 (lay
 (2, 8, 16); ``canonical_rates=True`` gives (2, …, 2) and (4, 8, 16)), wrapped as ``extractor`` =
 ``Sequential(stem convs, bn1, relu, maxpool, layer1..4)`` so that the state dict has the official names
 (``extractor.0.{0,1,3,4,6}``, ``extractor.1``, ``extractor.4..7``).  A timm :class:`Backbone` can stand in
-(``backbone.kind=timm``, the embedded benchmark).
+(``backbone.kind=timm``, the embedded benchmark).  ``segmenter.backbone`` is a :func:`emanet_trunk` node and
+``segmenter.head`` an :class:`EMANet` node (its ``extractor`` and ``num_classes`` come from the module).
 
 **Head** (spec §11.2): ``fc0`` = Conv3×3(C_in→512)+BN+ReLU → ``emau`` → ``fc1`` = Conv3×3(512→256)+BN+ReLU,
 Dropout2d(0.1) → ``fc2`` = Conv1×1(256→classes, bias); the module upsamples to the input, align_corners=True.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vwl_lightning.errors import ConfigError, DataError
+from vwl_lightning.errors import DataError
 from vwl_lightning.models.dilated_resnet import DilatedResNet, emanet_rates
+from vwl_lightning.utils.instantiate import ArgumentError, require_choice, require_number
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +94,8 @@ class EMAU(nn.Module):
     def __init__(self, channels: int, bases: int = 64, iterations: int = 3,
                  bn_momentum: float = EMANET_BN_MOMENTUM) -> None:
         super().__init__()
-        if channels < 1 or bases < 1 or iterations < 1:
-            raise ConfigError(f"segmenter.head: EMAU needs channels, bases and iterations >= 1, got "
-                              f"{channels}, {bases}, {iterations}")
+        for name, value in (("channels", channels), ("bases", bases), ("iterations", iterations)):
+            require_number(name, value, 1, integer=True)
         self.iterations = int(iterations)
         mu = torch.randn(1, channels, bases) * math.sqrt(2.0 / bases)
         self.register_buffer("mu", mu / (EPS + mu.norm(dim=1, keepdim=True)))
@@ -124,27 +126,28 @@ class EMANet(nn.Module):
 
     Args:
         extractor: the trunk (``Sequential`` of the deep-stem ResNet, or a timm :class:`Backbone`).
-        in_channels: channels of the trunk output (2048 for ResNet-101).
+        in_channels: channels of the trunk output (2048 for ResNet-101); None: ``extractor.out_channels``.
         num_classes: classes including background.
-        mid_channels: EMAU width C (512).  head_channels: fc1 width (256).  bases: K.  iterations: T.
+        mid_channels: EMAU width C (spec §11.2: 512).  head_channels: fc1 width (256).
+        bases: K (spec §11.3: 64).  iterations: T (spec §11.3: 3, training and evaluation).
         dropout: Dropout2d probability after fc1 (0.1).
-        em_momentum: the bases moving average m (0.9).  renorm_mean: the mmseg variant of the update.
-        output_stride: of the trunk (8).
+        em_momentum: the bases moving average m (spec §11.3 item 7: 0.9).  renorm_mean: the mmseg variant.
+        output_stride: of the trunk (8); None: ``extractor.output_stride``.
+        bn_momentum: of every head BN (spec §11.1 BN_MOM 3e-4, PyTorch convention).
     """
 
     msc_scales: tuple[float, ...] = ()
 
-    def __init__(self, extractor: nn.Module, in_channels: int, num_classes: int, mid_channels: int = 512,
-                 head_channels: int = 256, bases: int = 64, iterations: int = 3, dropout: float = 0.1,
-                 em_momentum: float = 0.9, renorm_mean: bool = False, output_stride: int = 8,
-                 bn_momentum: float = EMANET_BN_MOMENTUM) -> None:
+    def __init__(self, extractor: nn.Module, in_channels: int | None = None, num_classes: int = 21,
+                 mid_channels: int = 512, head_channels: int = 256, bases: int = 64, iterations: int = 3,
+                 dropout: float = 0.1, em_momentum: float = 0.9, renorm_mean: bool = False,
+                 output_stride: int | None = None, bn_momentum: float = EMANET_BN_MOMENTUM) -> None:
+        require_number("num_classes", num_classes, 2, integer=True)
+        self.check_arguments(mid_channels, head_channels, bases, iterations, dropout, em_momentum, renorm_mean,
+                             bn_momentum)
         super().__init__()
-        if num_classes < 2:
-            raise ConfigError(f"EMANet needs at least 2 classes (background + 1), got {num_classes}")
-        if not 0 <= em_momentum < 1:
-            raise ConfigError(f"segmenter.head.em_momentum must be in [0, 1), got {em_momentum}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"segmenter.head.dropout must be in [0, 1), got {dropout}")
+        in_channels = int(extractor.out_channels) if in_channels is None else in_channels
+        output_stride = int(getattr(extractor, "output_stride", 8)) if output_stride is None else output_stride
         self.extractor = extractor
         self.fc0 = ConvBNReLU(in_channels, mid_channels, 3, bn_momentum)
         self.emau = EMAU(mid_channels, bases, iterations, bn_momentum)
@@ -154,6 +157,18 @@ class EMANet(nn.Module):
         self.em_momentum = float(em_momentum)
         self.renorm_mean = bool(renorm_mean)
         self.output_stride = int(output_stride)
+
+    @classmethod
+    def check_arguments(cls, mid_channels: int, head_channels: int, bases: int, iterations: int, dropout: float,
+                        em_momentum: float, renorm_mean: bool, bn_momentum: float) -> None:
+        for name, value in (("mid_channels", mid_channels), ("head_channels", head_channels), ("bases", bases),
+                            ("iterations", iterations)):
+            require_number(name, value, 1, integer=True)
+        require_number("dropout", dropout, 0, 1, high_open=True)
+        require_number("em_momentum", em_momentum, 0, 1, high_open=True)
+        if not isinstance(renorm_mean, bool):
+            raise ArgumentError("renorm_mean", renorm_mean, "true or false")
+        require_number("bn_momentum", bn_momentum, 0, 1)
 
     @property
     def backbone(self) -> nn.Module:
@@ -194,52 +209,76 @@ def build_deep_resnet(output_stride: int = 8, canonical_rates: bool = False, lay
                          bn_momentum=bn_momentum, output_stride=output_stride)
 
 
-def build_emanet(num_classes: int, backbone: dict[str, Any], head: dict[str, Any]) -> EMANet:
-    """EMANet from ``segmenter.backbone`` / ``segmenter.head`` (conf/segmenter/emanet.yaml)."""
-    from vwl_lightning.models import backbone as backbone_module
+DEEP_PRETRAINED = ("none", "file")
 
-    kwargs = dict(backbone)
-    kind = kwargs.pop("kind", "deep_resnet")
-    if kind not in TRUNK_KINDS:
-        raise ConfigError(f"segmenter.backbone.kind must be one of {TRUNK_KINDS}, got {kind!r}")
-    output_stride = int(kwargs.get("output_stride", 8))
-    if output_stride not in (8, 16):
-        raise ConfigError(f"segmenter.backbone.output_stride must be 8 or 16 (EMANet), got {output_stride}")
-    bn_momentum = float(head.get("bn_momentum", EMANET_BN_MOMENTUM))
-    if kind == "deep_resnet":
-        model_kwargs = dict(kwargs.get("model_kwargs") or {})
-        unknown = sorted(set(model_kwargs) - {"layers", "base_width"})
-        if unknown:
-            raise ConfigError(f"segmenter.backbone.model_kwargs: deep_resnet takes layers and base_width, "
-                              f"got {unknown}")
-        pretrained = kwargs.get("pretrained", "none")
-        if pretrained not in ("none", "file"):
-            raise ConfigError(f"segmenter.backbone.pretrained must be none or file for kind=deep_resnet (a local "
-                              f"Encoding resnet101-2a57e44d.pth), got {pretrained!r}")
-        if pretrained == "file" and not kwargs.get("weights_path"):
-            raise ConfigError("segmenter.backbone.pretrained=file needs segmenter.backbone.weights_path: the local "
-                              "PyTorch-Encoding ResNet-101 (resnet101-2a57e44d.pth)")
-        trunk = build_deep_resnet(output_stride, bool(kwargs.get("canonical_rates", False)),
-                                  tuple(int(n) for n in model_kwargs.get("layers", (3, 4, 23, 3))),
-                                  int(model_kwargs.get("base_width", 64)), bn_momentum)
-        extractor: nn.Module = nn.Sequential(*trunk.stages())
-        in_channels = trunk.out_channels
-    else:
+
+def emanet_trunk(kind: str = "deep_resnet", output_stride: int = 8, canonical_rates: bool = False,
+                 pretrained: str = "none", weights_path: str | None = None, model_kwargs: Mapping | None = None,
+                 bn_momentum: float = EMANET_BN_MOMENTUM, **backbone: Any) -> nn.Module:
+    """EMANet's trunk (``segmenter.backbone``, conf/segmenter/emanet.yaml): the ``extractor`` of :class:`EMANet`.
+
+    Args:
+        kind: ``deep_resnet``: the PyTorch-Encoding deep-stem ResNet (spec §11.1), BN trainable, returned as
+            ``Sequential(stem convs, bn1, relu, maxpool, layer1..4)`` (the official key names) |
+            ``timm``: a dilated :class:`~vwl_lightning.models.backbone.Backbone` (the embedded benchmark).
+        output_stride: 8 (spec §11.1) or 16.
+        canonical_rates: deep_resnet: false = the official rates (spec §11.1 quirk), true = (2, …) / (4, 8, 16).
+        pretrained: deep_resnet: ``none`` | ``file`` (the Encoding ``resnet101-2a57e44d.pth``, loaded here unless
+            inside ``weights_from_checkpoint``); timm: as :class:`Backbone`.
+        weights_path: the weight file for ``pretrained=file``.
+        model_kwargs: deep_resnet: ``layers`` (default 3, 4, 23, 3), ``base_width`` (64); timm: timm's.
+        bn_momentum: deep_resnet: of every trunk BN (spec §11.1: the head's 3e-4).
+        backbone: kind=timm: the other :class:`Backbone` arguments (``name``, ``fixed_bn``, ``frozen``, ...);
+            kind=deep_resnet takes none of them (null values are accepted, as an experiment's reset).
+    """
+    emanet_trunk.check_arguments(kind, output_stride, canonical_rates, pretrained, weights_path, model_kwargs,
+                                 bn_momentum, backbone)
+    if kind == "timm":
         from vwl_lightning.models.backbone import Backbone
 
-        timm_kwargs = {k: v for k, v in kwargs.items() if k not in ("canonical_rates", "dilate")}
-        timm_kwargs.setdefault("detach_after", None)
-        pretrained = str(timm_kwargs.get("pretrained", "none"))  # timm's own loading (hub / file)
-        extractor = Backbone(dilate=True, **timm_kwargs)
-        in_channels = extractor.out_channels
-    model = EMANet(extractor, in_channels, num_classes, mid_channels=int(head.get("mid_channels", 512)),
-                   head_channels=int(head.get("head_channels", 256)), bases=int(head.get("bases", 64)),
-                   iterations=int(head.get("iterations", 3)), dropout=float(head.get("dropout", 0.1)),
-                   em_momentum=float(head.get("em_momentum", 0.9)), renorm_mean=bool(head.get("renorm_mean", False)),
-                   output_stride=output_stride, bn_momentum=bn_momentum)
-    if kind == "deep_resnet" and pretrained == "file" and not backbone_module._CHECKPOINT_REBUILDS:
-        load_encoding_resnet(model, str(kwargs["weights_path"]))
-    return model
+        return Backbone(dilate=True, output_stride=output_stride, pretrained=pretrained, weights_path=weights_path,
+                        model_kwargs=dict(model_kwargs or {}), **backbone)
+    from vwl_lightning.models import backbone as backbone_module
+
+    geometry = dict(model_kwargs or {})
+    layers = tuple(int(n) for n in geometry.get("layers", (3, 4, 23, 3)))
+    trunk = build_deep_resnet(output_stride, canonical_rates, layers, int(geometry.get("base_width", 64)),
+                              float(bn_momentum))
+    extractor = nn.Sequential(*trunk.stages())
+    extractor.out_channels = trunk.out_channels
+    extractor.output_stride = output_stride
+    if pretrained == "file" and not backbone_module._CHECKPOINT_REBUILDS:
+        holder = nn.Module()
+        holder.extractor = extractor
+        load_encoding_resnet(holder, str(weights_path))
+        extractor.weights_sha256 = holder.weights_sha256
+    return extractor
+
+
+def _check_emanet_trunk(kind: str, output_stride: int, canonical_rates: bool, pretrained: str,
+                        weights_path: str | None, model_kwargs: Mapping | None, bn_momentum: float,
+                        backbone: Mapping[str, Any] | None = None) -> None:
+    require_choice("kind", kind, TRUNK_KINDS)
+    require_choice("output_stride", output_stride, (8, 16))
+    if kind == "timm":
+        return  # the Backbone checks its own arguments
+    if not isinstance(canonical_rates, bool):
+        raise ArgumentError("canonical_rates", canonical_rates, "true or false")
+    require_choice("pretrained", pretrained, DEEP_PRETRAINED)
+    if pretrained == "file" and not weights_path:
+        raise ArgumentError("weights_path", weights_path, "the local PyTorch-Encoding ResNet-101 "
+                            "(resnet101-2a57e44d.pth) for pretrained=file")
+    geometry = model_kwargs if model_kwargs is not None else {}
+    if not isinstance(geometry, Mapping) or set(geometry) - {"layers", "base_width"}:
+        raise ArgumentError("model_kwargs", model_kwargs, "{layers, base_width} for kind=deep_resnet")
+    require_number("bn_momentum", bn_momentum, 0, 1)
+    extra = sorted(k for k, v in (backbone or {}).items() if v is not None)
+    if extra:
+        raise ArgumentError(extra[0], (backbone or {})[extra[0]], "null for kind=deep_resnet (a Backbone setting; "
+                            "kind=timm takes it)")
+
+
+emanet_trunk.check_arguments = _check_emanet_trunk  # type: ignore[attr-defined]
 
 
 def encoding_to_extractor(key: str) -> str | None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.models.backbone import RESNET_STAGES, Backbone
+from vwl_lightning.utils.instantiate import ArgumentError, require_number
 
 EFFICIENTNET_LEVELS = (0, 1, 2, 4, 6)  # timm EfficientNet stages whose outputs are S1..S5
 BRANCH_CHANNELS = 32
@@ -33,9 +34,18 @@ GN_GROUPS = 4
 
 class IRNet(nn.Module):
     """Boundary branch on a ResNet or EfficientNet :class:`Backbone`; ``forward`` returns the logits ``Z``
-    ``(N, 1, h4, w4)``."""
+    ``(N, 1, h4, w4)``.
 
-    def __init__(self, trunk: Backbone, frozen: bool = True) -> None:
+    Args:
+        trunk: the :class:`Backbone` (``irn.backbone``, given by the module).
+        frozen: IRN's frozen trunk (spec §10.4); the module sets it from ``irn.backbone_source``.
+        branch_channels: channels of each level's 1×1 conv (spec §10.4: 32).
+        gn_groups: GroupNorm groups (spec §10.4: 4); must divide ``branch_channels``.
+    """
+
+    def __init__(self, trunk: Backbone, frozen: bool = True, branch_channels: int = BRANCH_CHANNELS,
+                 gn_groups: int = GN_GROUPS) -> None:
+        self.check_arguments(branch_channels, gn_groups)
         super().__init__()
         blocks = getattr(getattr(trunk, "net", None), "blocks", None)
         if not trunk.is_resnet and not (isinstance(blocks, nn.Sequential) and len(blocks) == 7):
@@ -52,10 +62,17 @@ class IRNet(nn.Module):
             raise ConfigError(f"irn.backbone: layer1 of {trunk.name} has stride {strides[1]}, IRNet needs 4")
         self.level_strides = strides
         self.edge = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, BRANCH_CHANNELS, 1, bias=False), nn.GroupNorm(GN_GROUPS, BRANCH_CHANNELS))
+            nn.Sequential(nn.Conv2d(c, branch_channels, 1, bias=False), nn.GroupNorm(gn_groups, branch_channels))
             for c in channels)
-        self.edge_out = nn.Conv2d(BRANCH_CHANNELS * len(channels), 1, 1, bias=True)
+        self.edge_out = nn.Conv2d(branch_channels * len(channels), 1, 1, bias=True)
         self.displacement: nn.Module | None = None  # the instance path's branch (spec §10.4), not built
+
+    @classmethod
+    def check_arguments(cls, branch_channels: int, gn_groups: int) -> None:
+        require_number("branch_channels", branch_channels, 1, integer=True)
+        require_number("gn_groups", gn_groups, 1, integer=True)
+        if branch_channels % gn_groups:
+            raise ArgumentError("gn_groups", gn_groups, f"a divisor of branch_channels={branch_channels}")
 
     @torch.no_grad()
     def _probe(self) -> tuple[list[int], list[int]]:

@@ -13,14 +13,15 @@ experiments keep the faithful 1e-4; the embedded benchmark, trained from random 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from vwl_lightning.utils.instantiate import ArgumentError, require_number
+from vwl_lightning.errors import ConfigError
+from vwl_lightning.utils.instantiate import ArgumentError, build, check_node, require_number
 
 FAITHFUL_MOMENTUM = 1e-4
 
@@ -58,6 +59,40 @@ class PolyLR(torch.optim.lr_scheduler.LambdaLR):
         require_number("power", power, 0)
 
 
+def stepped_poly_lambda(total_steps: int, power: float = 0.9, every: int = 10) -> Callable[[int], float]:
+    """Factor for optimiser step k (iteration it = k + 1): (1 − ⌊it/every⌋·every / T)^power (EMANet, spec §11.5)."""
+    if total_steps <= 0:
+        raise ArgumentError("total_steps", total_steps, "a positive number of optimiser steps")
+
+    def factor(step: int) -> float:
+        iteration = step + 1
+        return max(0.0, 1.0 - (iteration // every) * every / total_steps) ** power
+
+    return factor
+
+
+class SteppedPolyLR(torch.optim.lr_scheduler.LambdaLR):
+    """EMANet's poly schedule (spec §11.5): lr(it) = lr_0 · (1 − ⌊it/every⌋·every / T)^power, recomputed every
+    ``every`` iterations (it counts from 1, so iterations 1..every−1 run at lr_0); ``every=1``: every step.
+
+    Args:
+        optimizer: the optimiser whose groups it scales.
+        total_steps: T, the run's total optimiser steps (the module passes ``estimated_stepping_batches``).
+        power: the exponent (0.9).
+        every: s, iterations between two recomputations (official: 10).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9,
+                 every: int = 10) -> None:
+        self.check_arguments(power, every)
+        super().__init__(optimizer, stepped_poly_lambda(total_steps, power, every))
+
+    @classmethod
+    def check_arguments(cls, power: float, every: int) -> None:
+        require_number("power", power, 0)
+        require_number("every", every, 1, integer=True)
+
+
 def make_optimizer(optimizer: Callable[..., torch.optim.Optimizer] | Any, groups: list[dict]) -> torch.optim.Optimizer:
     """Build the ``_partial_`` optimiser over named groups (``name``, ``params``, ``lr_mult``, optional
     ``weight_decay``): each group's learning rate is the optimiser's ``lr`` × its ``lr_mult``; empty groups
@@ -80,3 +115,15 @@ def check_optimizer(optimizer: Callable[..., torch.optim.Optimizer]) -> None:
     """Build the partial optimiser over one dummy parameter, so a bad value fails at start-up (torch's own
     checks: lr, momentum, weight_decay >= 0)."""
     optimizer([torch.zeros(1, requires_grad=True)])
+
+
+def check_module_nodes(prefix: str, nodes: Mapping[str, Any], extra: Mapping[str, dict] | None = None) -> None:
+    """:func:`~vwl_lightning.utils.instantiate.check_node` on each ``_target_`` node of a module (key
+    ``<prefix>.<name>``) and a dry build of its ``optimizer``: a bad value fails before any network is built."""
+    for name, node in nodes.items():
+        check_node(node, f"{prefix}.{name}", **(extra or {}).get(name, {}))
+    if nodes.get("optimizer") is not None:
+        try:
+            check_optimizer(build(nodes["optimizer"], f"{prefix}.optimizer"))
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}.optimizer: {str(exc).splitlines()[0]}") from None

@@ -5,20 +5,22 @@ the four MSC outputs with it)::
 
     L = 1/|O| Σ_{o∈O} Σ_{p: y_p≠255} −log softmax(o_p)[y_p] / #{p: y_p≠255}
 
-``loss.resolution`` says where the comparison happens: ``labels`` upsamples each output bilinearly to the
-label size (the usual choice, sharper on small images); ``logits`` resizes the labels (nearest) to each
-output's size, as deeplab-pytorch does (spec §7 [DL]).
+``loss.resolution`` (:class:`SegmentationLoss`) says where the comparison happens: ``labels`` upsamples each
+output bilinearly to the label size (the usual choice, sharper on small images); ``logits`` resizes the labels
+(nearest) to each output's size, as deeplab-pytorch does (spec §7 [DL]).
 
-Optimiser (spec §7): SGD with momentum, weight decay and the poly schedule lr_t = lr_0 (1 − t/T)^0.9 per
-step.  Parameter groups, ``optim.lr_grouping``:
+Optimiser (spec §7): SGD with momentum, weight decay (``segmenter.optimizer``, a ``_partial_`` node) and the
+poly schedule lr_t = lr_0 (1 − t/T)^0.9 per step (``segmenter.scheduler``,
+:class:`~vwl_lightning.modules.optim.PolyLR`).
+Parameter groups (``segmenter.groups``, :class:`DeepLabParamGroups`), ``lr_grouping``:
 
 * ``corrected`` (default; DeepLab's own recipe): backbone at 1×, ASPP weights at 10×, ASPP biases at 20×
-  (weight decay ``optim.aspp_bias_weight_decay``, 0 in DeepLab).
+  (weight decay ``aspp_bias_weight_decay``, 0 in DeepLab).
 * ``faithful`` (the code VWL used, spec §7 "Quirk"): the 10×/20× groups look for a module named ``conv8``
   that DeepLabV2 lacks, so every conv weight (backbone and ASPP) trains at 1× and the ASPP biases are in
   no group: they never move from their initial 0 (here they are also marked ``requires_grad=False``).
 
-``optim.train_bn``: whether BatchNorm γ/β train (in the backbone group).  DeepLab freezes BN entirely
+``train_bn``: whether BatchNorm γ/β train (in the backbone group).  DeepLab freezes BN entirely
 (statistics and affine); the CPU benchmark trains from scratch and so trains them.
 
 Validation: the mIoU of the test-time logits (bilinearly upsampled, argmax) against the val ground truth
@@ -38,12 +40,22 @@ from torch import nn
 from vwl_lightning.data.meta import IGNORE_INDEX
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
-from vwl_lightning.models.deeplab import DeepLabV2, build_deeplab
+from vwl_lightning.models.backbone import Backbone
+from vwl_lightning.models.deeplab import OUTPUT_STRIDES, DeepLabV2
 from vwl_lightning.modules.classifier import SEGMENTER_TRUNK, load_classifier_trunk
-from vwl_lightning.modules.optim import build_sgd, poly_lambda, trainable
+from vwl_lightning.modules.optim import check_module_nodes, make_optimizer, trainable
+from vwl_lightning.utils.instantiate import (
+    ArgumentError,
+    build,
+    node_arguments,
+    require_choice,
+    require_number,
+)
 
 LR_GROUPINGS = ("corrected", "faithful")
 LOSS_RESOLUTIONS = ("labels", "logits")
+LR_MULT_KEYS = ("backbone", "aspp_weight", "aspp_bias")
+DEEPLAB_LR_MULTS = {"backbone": 1.0, "aspp_weight": 10.0, "aspp_bias": 20.0}
 
 
 # ----------------------------------------------------------------------------------------------- optimiser
@@ -55,8 +67,7 @@ def freeze_for_grouping(model: DeepLabV2, grouping: str, train_bn: bool) -> None
     ``faithful``: the ASPP biases (in no optimiser group in the original); ``train_bn=False``: every
     BatchNorm γ/β of the backbone.
     """
-    if grouping not in LR_GROUPINGS:
-        raise ConfigError(f"segmenter.optim.lr_grouping must be one of {LR_GROUPINGS}, got {grouping!r}")
+    require_choice("lr_grouping", grouping, LR_GROUPINGS)
     if grouping == "faithful":
         for conv in model.aspp.branches:
             conv.bias.requires_grad_(False)
@@ -69,23 +80,18 @@ def freeze_for_grouping(model: DeepLabV2, grouping: str, train_bn: bool) -> None
 
 def segmenter_param_groups(model: DeepLabV2, grouping: str, lr_mults: Mapping[str, float],
                            aspp_bias_weight_decay: float | None = None) -> list[dict[str, Any]]:
-    """Parameter groups for :func:`~vwl_lightning.modules.optim.build_sgd` (spec §7; module docstring).
+    """Parameter groups for :func:`~vwl_lightning.modules.optim.make_optimizer` (spec §7; module docstring).
 
     ``corrected``: ``backbone`` (lr × ``lr_mults.backbone``), ``aspp_weight`` (× ``aspp_weight``),
-    ``aspp_bias`` (× ``aspp_bias``, weight decay ``aspp_bias_weight_decay`` or the global one if None).
+    ``aspp_bias`` (× ``aspp_bias``, weight decay ``aspp_bias_weight_decay`` or the optimiser's if None).
     ``faithful``: one group ``conv_1x`` holding every trainable backbone parameter and the ASPP weights at 1×.
     """
-    if grouping not in LR_GROUPINGS:
-        raise ConfigError(f"segmenter.optim.lr_grouping must be one of {LR_GROUPINGS}, got {grouping!r}")
+    DeepLabParamGroups.check_arguments(grouping, lr_mults, aspp_bias_weight_decay, True)
     aspp_weights = trainable(conv.weight for conv in model.aspp.branches)
     aspp_biases = trainable(conv.bias for conv in model.aspp.branches)
     backbone = trainable(model.backbone.parameters())
     if grouping == "faithful":
         return [{"name": "conv_1x", "params": backbone + aspp_weights, "lr_mult": 1.0}]
-    for key in ("backbone", "aspp_weight", "aspp_bias"):
-        if key not in lr_mults or float(lr_mults[key]) <= 0:
-            raise ConfigError(f"segmenter.optim.lr_mults.{key} must be a positive number, "
-                              f"got {lr_mults.get(key)!r}")
     bias_group: dict[str, Any] = {"name": "aspp_bias", "params": aspp_biases,
                                   "lr_mult": float(lr_mults["aspp_bias"])}
     if aspp_bias_weight_decay is not None:
@@ -97,6 +103,46 @@ def segmenter_param_groups(model: DeepLabV2, grouping: str, lr_mults: Mapping[st
     ]
 
 
+class DeepLabParamGroups:
+    """DeepLabV2's optimiser groups and what they leave frozen (``segmenter.groups``; module docstring).
+
+    Args:
+        lr_grouping: ``corrected`` (backbone 1×, ASPP weights 10×, ASPP biases 20×) | ``faithful`` (spec §7 Quirk).
+        lr_mults: ``backbone``, ``aspp_weight``, ``aspp_bias`` multipliers of the optimiser's lr (corrected only).
+        aspp_bias_weight_decay: weight decay of the ASPP biases (corrected; DeepLab: 0); None: the optimiser's.
+        train_bn: whether the backbone's BatchNorm γ/β train (DeepLab: false).
+    """
+
+    def __init__(self, lr_grouping: str = "corrected", lr_mults: Mapping[str, float] | None = None,
+                 aspp_bias_weight_decay: float | None = 0.0, train_bn: bool = False) -> None:
+        lr_mults = dict(DEEPLAB_LR_MULTS if lr_mults is None else lr_mults)
+        self.check_arguments(lr_grouping, lr_mults, aspp_bias_weight_decay, train_bn)
+        self.lr_grouping, self.lr_mults = lr_grouping, lr_mults
+        self.aspp_bias_weight_decay, self.train_bn = aspp_bias_weight_decay, train_bn
+
+    @classmethod
+    def check_arguments(cls, lr_grouping: str, lr_mults: Mapping[str, float] | None,
+                        aspp_bias_weight_decay: float | None, train_bn: bool) -> None:
+        require_choice("lr_grouping", lr_grouping, LR_GROUPINGS)
+        if lr_grouping == "corrected" and lr_mults is not None:
+            if not isinstance(lr_mults, Mapping):
+                raise ArgumentError("lr_mults", lr_mults, "{" + ", ".join(LR_MULT_KEYS) + "}")
+            for key in LR_MULT_KEYS:
+                require_number(f"lr_mults.{key}", lr_mults.get(key), 0, low_open=True)
+        if aspp_bias_weight_decay is not None:
+            require_number("aspp_bias_weight_decay", aspp_bias_weight_decay, 0)
+        if not isinstance(train_bn, bool):
+            raise ArgumentError("train_bn", train_bn, "true or false")
+
+    def freeze(self, model: DeepLabV2) -> None:
+        """:func:`freeze_for_grouping` with these settings."""
+        freeze_for_grouping(model, self.lr_grouping, self.train_bn)
+
+    def __call__(self, model: DeepLabV2) -> list[dict[str, Any]]:
+        """:func:`segmenter_param_groups` with these settings."""
+        return segmenter_param_groups(model, self.lr_grouping, self.lr_mults, self.aspp_bias_weight_decay)
+
+
 # ------------------------------------------------------------------------------------------------------ loss
 
 
@@ -106,8 +152,7 @@ def segmentation_loss(outputs: Sequence[torch.Tensor], masks: torch.Tensor, reso
 
     A batch whose labels are all ignored contributes 0 (not NaN).
     """
-    if resolution not in LOSS_RESOLUTIONS:
-        raise ConfigError(f"segmenter.loss.resolution must be one of {LOSS_RESOLUTIONS}, got {resolution!r}")
+    require_choice("resolution", resolution, LOSS_RESOLUTIONS)
     total = outputs[0].new_zeros(())
     for logits in outputs:
         if resolution == "labels":
@@ -120,18 +165,47 @@ def segmentation_loss(outputs: Sequence[torch.Tensor], masks: torch.Tensor, reso
     return total / len(outputs)
 
 
+class SegmentationLoss:
+    """:func:`segmentation_loss` as the ``segmenter.loss`` node.
+
+    Args:
+        resolution: ``labels`` (outputs upsampled to the labels) | ``logits`` (labels resized to each output,
+            deeplab-pytorch).
+    """
+
+    def __init__(self, resolution: str = "labels") -> None:
+        self.check_arguments(resolution)
+        self.resolution = resolution
+
+    @classmethod
+    def check_arguments(cls, resolution: str) -> None:
+        require_choice("resolution", resolution, LOSS_RESOLUTIONS)
+
+    def __call__(self, outputs: Sequence[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(outputs, masks, self.resolution)
+
+
 # ----------------------------------------------------------------------------------------------- the module
 
 
 class SegmenterModule(pl.LightningModule):
     """Trains :class:`~vwl_lightning.models.deeplab.DeepLabV2` on pseudo masks (module docstring).
 
+    Every network argument is a ``_target_`` node of the ``segmenter`` config (plain dicts, saved as the
+    hyper-parameters, so ``load_from_checkpoint`` needs nothing else).
+
     Args:
         num_classes: classes including background.
-        backbone, aspp, msc: sub-configs of :func:`~vwl_lightning.models.deeplab.build_deeplab`.
-        loss: ``resolution`` (labels | logits).
-        optim: ``lr``, ``momentum``, ``weight_decay``, ``poly_power``, ``lr_grouping``, ``lr_mults``,
-            ``aspp_bias_weight_decay``, ``train_bn``.
+        backbone: ``segmenter.backbone``: a dilated :class:`~vwl_lightning.models.backbone.Backbone` or the
+            caffe trunk :class:`~vwl_lightning.models.caffe_deeplab.CaffeResNet`.
+        aspp: ``segmenter.aspp``: :class:`~vwl_lightning.models.deeplab.ASPP` (``in_channels`` and
+            ``num_classes`` given here).
+        msc: ``segmenter.msc``: :class:`~vwl_lightning.models.deeplab.MSC`.
+        loss: ``segmenter.loss``: :class:`SegmentationLoss`.
+        optimizer: ``segmenter.optimizer``: a ``_partial_`` optimiser (SGD with ``lr``, ``momentum``,
+            ``weight_decay``).
+        scheduler: ``segmenter.scheduler``: a ``_partial_`` :class:`~vwl_lightning.modules.optim.PolyLR`.
+        groups: ``segmenter.groups``: :class:`DeepLabParamGroups`.
         init_checkpoint: optional DeepLabV2 state dict to start from (e.g. a COCO-trained model).
         backbone_init: optional classifier stage folder or classifier checkpoint whose trunk initialises the
             backbone (the embedded benchmark's stand-in for ImageNet weights, see conf/segmenter/synthetic.yaml).
@@ -139,25 +213,43 @@ class SegmenterModule(pl.LightningModule):
         class_names: for logs and reports.
     """
 
-    def __init__(self, num_classes: int, backbone: dict, aspp: dict, msc: dict, loss: dict, optim: dict,
-                 init_checkpoint: str | None = None, backbone_init: str | None = None, channels_last: bool = False,
-                 class_names: list[str] | None = None) -> None:
+    def __init__(self, num_classes: int, backbone: dict, aspp: dict, msc: dict, loss: dict, optimizer: dict,
+                 scheduler: dict, groups: dict, init_checkpoint: str | None = None, backbone_init: str | None = None,
+                 channels_last: bool = False, class_names: list[str] | None = None) -> None:
         super().__init__()
+        self.check_arguments(backbone, aspp, msc, loss, optimizer, scheduler, groups)
         self.save_hyperparameters()
-        self.model = build_deeplab(num_classes, backbone, aspp, msc)
+        trunk = build(backbone, "segmenter.backbone")
+        head = build(aspp, "segmenter.aspp", in_channels=trunk.out_channels, num_classes=num_classes)
+        try:
+            self.model = DeepLabV2(trunk, head, build(msc, "segmenter.msc").scales)
+        except ArgumentError as exc:
+            raise exc.at("segmenter.backbone") from None
         if backbone_init:
             load_classifier_trunk(self.model.backbone, backbone_init, SEGMENTER_TRUNK)
         if init_checkpoint:
             load_init_checkpoint(self.model, init_checkpoint)
-        self.optim_cfg = dict(optim)
-        freeze_for_grouping(self.model, str(optim.get("lr_grouping", "corrected")), bool(optim.get("train_bn", True)))
-        self.loss_resolution = str(loss.get("resolution", "labels"))
-        if self.loss_resolution not in LOSS_RESOLUTIONS:
-            raise ConfigError(f"segmenter.loss.resolution must be one of {LOSS_RESOLUTIONS}, "
-                              f"got {self.loss_resolution!r}")
+        self.groups: DeepLabParamGroups = build(groups, "segmenter.groups")
+        self.groups.freeze(self.model)
+        self.loss: SegmentationLoss = build(loss, "segmenter.loss")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.val_conf = SegmentationConfusion(num_classes)
+
+    @classmethod
+    def check_arguments(cls, backbone: dict, aspp: dict, msc: dict, loss: dict, optimizer: dict, scheduler: dict,
+                        groups: dict) -> None:
+        """The checks of every node (one line naming ``segmenter.<key>``), without building the network."""
+        check_module_nodes("segmenter", {"backbone": backbone, "aspp": aspp, "msc": msc, "loss": loss,
+                                         "optimizer": optimizer, "scheduler": scheduler, "groups": groups})
+        if str(backbone.get("_target_")) == f"{Backbone.__module__}.{Backbone.__name__}":
+            arguments = node_arguments(backbone)
+            if arguments.get("dilate") is not True:
+                raise ConfigError(f"segmenter.backbone.dilate={arguments.get('dilate')!r}: expected true "
+                                  "(DeepLabV2 uses the dilated trunk, spec §7)")
+            if arguments.get("output_stride") not in OUTPUT_STRIDES:
+                raise ConfigError(f"segmenter.backbone.output_stride={arguments.get('output_stride')!r}: expected "
+                                  "8 or 16 (DeepLab)")
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -166,7 +258,7 @@ class SegmenterModule(pl.LightningModule):
 
     def compute_loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The training loss of a batch (every MSC output when MSC is on)."""
-        return segmentation_loss(self.model.outputs(self._prepare(images)), masks, self.loss_resolution)
+        return self.loss(self.model.outputs(self._prepare(images)), masks)
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Test-time logits upsampled (bilinear) to the input size."""
@@ -187,15 +279,9 @@ class SegmenterModule(pl.LightningModule):
         self.val_conf.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim_cfg
-        bias_wd = o.get("aspp_bias_weight_decay")
-        groups = segmenter_param_groups(self.model, str(o.get("lr_grouping", "corrected")),
-                                        dict(o.get("lr_mults") or {}),
-                                        None if bias_wd is None else float(bias_wd))
-        optimizer = build_sgd(groups, lr=float(o["lr"]), momentum=float(o["momentum"]),
-                              weight_decay=float(o["weight_decay"]))
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(total, float(o["poly_power"])))
+        optimizer = make_optimizer(build(self.hparams.optimizer, "segmenter.optimizer"), self.groups(self.model))
+        scheduler = build(self.hparams.scheduler, "segmenter.scheduler")(
+            optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -64,9 +64,7 @@ RULES: tuple[Rule, ...] = (
     Rule("segmenter.batch_size", "int", 1), Rule("segmenter.max_epochs", "int", -1),
     Rule("segmenter.max_steps", "int", -1), Rule("segmenter.num_workers", "int", 0),
     Rule("segmenter.checkpoint_every_n_steps", "int", 1, nullable=True),
-    Rule("segmenter.optim.lr", "float", 0, low_open=True), Rule("segmenter.optim.momentum", "float", 0, 1),
-    Rule("segmenter.optim.weight_decay", "float", 0), Rule("segmenter.optim.poly_power", "float", 0),
-    Rule("segmenter.aspp.rates", "int_list", 1), Rule("segmenter.eval.scales", "positive_list"),
+    Rule("segmenter.eval.scales", "positive_list"),
     Rule("segmenter.eval.batch_size", "int", 1), Rule("segmenter.eval.crf_workers", "int", 0),
     Rule("rank_wait_timeout_s", "float", 0, low_open=True),
 )

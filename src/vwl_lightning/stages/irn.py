@@ -102,10 +102,18 @@ def make_irn_seeds(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
         dataset=data.meta.name, progress=bool(cfg.trainer.enable_progress_bar))
 
 
+def check_irn(cfg: DictConfig) -> None:
+    """The start-up checks of IRN's ``_target_`` nodes and settings (one line naming ``irn.<key>``), read from the
+    classes themselves; nothing is built."""
+    i = OmegaConf.to_container(cfg.irn, resolve=True)
+    IRNModule.check_arguments(i["backbone"], i["net"], i["optimizer"], i["scheduler"], i["backbone_source"],
+                              i["radius"])
+
+
 def _module_kwargs(cfg: DictConfig, run_id: str) -> dict[str, Any]:
     i = OmegaConf.to_container(cfg.irn, resolve=True)
-    return {"backbone": i["backbone"], "backbone_source": i["backbone_source"],
-            "classifier_dir": i.get("classifier_dir"), "radius": int(i["radius"]), "optim": i["optim"],
+    return {"backbone": i["backbone"], "net": i["net"], "optimizer": i["optimizer"], "scheduler": i["scheduler"],
+            "backbone_source": i["backbone_source"], "classifier_dir": i["classifier_dir"], "radius": i["radius"],
             "cam_dir": str(Path(str(i["cam_dir"])).resolve()), "run_id": run_id}
 
 

@@ -108,24 +108,35 @@ class EvalSettings:
 
 def segmenter_arch(cfg: DictConfig) -> str:
     """``segmenter.arch``: ``deeplabv2`` (spec §7, §12) or ``emanet`` (spec §11)."""
-    arch = str(cfg.segmenter.get("arch", "deeplabv2"))
+    arch = str(cfg.segmenter.arch)
     if arch not in ARCHS:
         raise ConfigError(f"segmenter.arch must be one of {ARCHS}, got {arch!r}")
     return arch
 
 
+SEGMENTER_NODES = {"deeplabv2": ("backbone", "aspp", "msc", "loss", "optimizer", "scheduler", "groups"),
+                   "emanet": ("backbone", "head", "loss", "optimizer", "scheduler", "groups")}
+
+
+def check_segmenter(cfg: DictConfig) -> None:
+    """The start-up checks of the segmenter's ``_target_`` nodes (one line naming ``segmenter.<key>``), read from
+    the classes themselves; nothing is built."""
+    arch = segmenter_arch(cfg)
+    s = OmegaConf.to_container(cfg.segmenter, resolve=True)
+    cls = EMANetModule if arch == "emanet" else SegmenterModule
+    cls.check_arguments(**{name: s[name] for name in SEGMENTER_NODES[arch]})
+
+
 def build_module(cfg: DictConfig, num_classes: int, class_names: list[str]) -> SegmenterModule | EMANetModule:
     """The LightningModule of ``segmenter.arch`` from the ``segmenter`` config."""
     s = OmegaConf.to_container(cfg.segmenter, resolve=True)
-    if segmenter_arch(cfg) == "emanet":
-        return EMANetModule(num_classes=num_classes, backbone=s["backbone"], head=s["head"], loss=s["loss"],
-                            optim=s["optim"], eval_pad_8k1=bool(s["eval"].get("pad_8k1", True)),
-                            init_checkpoint=s.get("init_checkpoint"), backbone_init=s.get("backbone_init"),
-                            channels_last=bool(s["channels_last"]), class_names=class_names)
-    return SegmenterModule(num_classes=num_classes, backbone=s["backbone"], aspp=s["aspp"], msc=s["msc"],
-                           loss=s["loss"], optim=s["optim"], init_checkpoint=s.get("init_checkpoint"),
-                           backbone_init=s.get("backbone_init"),
-                           channels_last=bool(s["channels_last"]), class_names=class_names)
+    arch = segmenter_arch(cfg)
+    common = {"init_checkpoint": s["init_checkpoint"], "backbone_init": s["backbone_init"],
+              "channels_last": bool(s["channels_last"]), "class_names": class_names}
+    nodes = {name: s[name] for name in SEGMENTER_NODES[arch]}
+    if arch == "emanet":
+        return EMANetModule(num_classes=num_classes, **nodes, eval_pad_8k1=bool(s["eval"]["pad_8k1"]), **common)
+    return SegmenterModule(num_classes=num_classes, **nodes, **common)
 
 
 def input_norm(cfg: DictConfig) -> dict[str, tuple[float, ...]]:
