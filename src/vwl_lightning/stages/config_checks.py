@@ -163,8 +163,15 @@ def check_schedule_keys(cfg: DictConfig) -> None:
 def validate_config(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> None:
     """ConfigError on the first bad value: a ``_target_`` node its class refuses, a trainer schedule key, or a
     key of ``rules`` whose value is of the wrong kind or out of range."""
+    from vwl_lightning.stages.irn import check_irn
+    from vwl_lightning.stages.train_segmenter import check_segmenter
+
     check_schedule_keys(cfg)
     check_objects(cfg)
+    if OmegaConf.select(cfg, "segmenter", default=None) is not None:
+        check_segmenter(cfg)
+    if OmegaConf.select(cfg, "pseudo.mode", default=None) == "irn":
+        check_irn(cfg)
     for rule in rules:
         try:
             raw = OmegaConf.select(cfg, rule.key, default=_MISSING, throw_on_resolution_failure=True)

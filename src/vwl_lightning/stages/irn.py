@@ -59,9 +59,8 @@ from vwl_lightning.stages.make_pseudo_masks import (
     is_complete_mask,
     make_pseudo_labels,
 )
-from vwl_lightning.tracking.loggers import build_logger
+from vwl_lightning.tracking.loggers import build_callbacks, build_logger
 from vwl_lightning.tracking.wandb_runs import cam_overlay, log_masks, stage_run, uses_wandb, wandb_image
-from vwl_lightning.utils.checkpoints import rolling_checkpoint
 from vwl_lightning.utils.distributed import (
     barrier,
     gather_counts,
@@ -147,7 +146,8 @@ def train_irn(cfg: DictConfig, data: ResolvedData) -> dict[str, Any]:
     args.update(max_epochs=int(i.max_epochs), limit_val_batches=0)
     if not is_sharded():  # one process: one device whatever the trainer says (no ranks to launch mid-stage)
         args.update(devices=1, num_nodes=1, strategy="auto")
-    trainer = pl.Trainer(**args, default_root_dir=str(out), callbacks=[rolling_checkpoint(out, None)],
+    callbacks = build_callbacks(cfg.get("callbacks"), out, None)
+    trainer = pl.Trainer(**args, default_root_dir=str(out), callbacks=callbacks,
                          logger=build_logger(cfg.logger, out, stage="irn", group=str(cfg.name)))
     resume = out / "checkpoints" / "last.ckpt"
     started = time.perf_counter()

@@ -56,8 +56,8 @@ from vwl_lightning.models.caffe_deeplab import CAFFE_BACKBONE, caffe_input_norm
 from vwl_lightning.modules.emanet import EMANetModule
 from vwl_lightning.modules.segmenter import SegmenterModule
 from vwl_lightning.pseudo.dense_crf import CRFParams, crf_from_probs, crf_params_from_config
-from vwl_lightning.tracking.loggers import build_logger
-from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, rolling_checkpoint, usable_resume_checkpoint
+from vwl_lightning.tracking.loggers import build_callbacks, build_logger
+from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, usable_resume_checkpoint
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -164,14 +164,15 @@ def build_datamodule(cfg: DictConfig, data: ResolvedData, mask_dir: Path) -> Seg
 
 
 def build_trainer(cfg: DictConfig, stage_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
-    """Trainer from ``cfg.trainer`` with the segmenter's length and validation settings."""
+    """Trainer from ``cfg.trainer`` with the segmenter's schedule (``segmenter.max_steps`` / ``max_epochs``) and
+    validation cadence (``segmenter.val``); ``trainer.limit_val_batches`` applies as in every stage."""
     s = cfg.segmenter
     args: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
     args.update(max_epochs=int(s.max_epochs), max_steps=int(s.max_steps))
     if int(s.max_epochs) < 0 and int(s.max_steps) < 0:
         raise ConfigError("segmenter: set segmenter.max_epochs or segmenter.max_steps (both are -1)")
     if bool(s.val.enabled):
-        args.update(check_val_every_n_epoch=int(s.val.every_n_epochs), limit_val_batches=s.val.limit_batches)
+        args.update(check_val_every_n_epoch=int(s.val.every_n_epochs))
     else:
         args.update(limit_val_batches=0)
     return pl.Trainer(**args, default_root_dir=str(stage_dir), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
@@ -342,7 +343,8 @@ def train_segmenter(cfg: DictConfig, data: ResolvedData | None = None) -> dict[s
         training["resumed_from"] = str(final)
     else:
         module = build_module(cfg, meta.num_classes, list(meta.class_names))
-        trainer = build_trainer(cfg, stage_dir, [rolling_checkpoint(stage_dir, s.get("checkpoint_every_n_steps"))])
+        callbacks = build_callbacks(cfg.get("callbacks"), stage_dir, s.get("checkpoint_every_n_steps"))
+        trainer = build_trainer(cfg, stage_dir, callbacks)
         resumable = usable_resume_checkpoint(resume) is not None
         log.info("segmenter: training on %d pseudo masks from %s, outputs in %s%s", num_masks, mask_dir, stage_dir,
                  f" (resuming from {resume})" if resumable else "")
