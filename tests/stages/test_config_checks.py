@@ -60,7 +60,13 @@ def test_irn_on_a_rescaled_classifier_trunk_is_refused(make_config) -> None:
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml")))
 def test_every_shipped_experiment_passes(experiment: str, make_config) -> None:
-    validate_config(make_config(f"+experiment={experiment}", tiny=False))
+    cfg = make_config(f"+experiment={experiment}", tiny=False)
+    backbone = cfg.segmenter.backbone
+    if backbone.get("pretrained") == "file" and not backbone.get("weights_path"):  # a local file the user must name
+        with pytest.raises(ConfigError, match=r"^segmenter\.backbone\.weights_path=None: expected "):
+            validate_config(cfg)
+        cfg = make_config(f"+experiment={experiment}", "segmenter.backbone.weights_path=/w/init.pth", tiny=False)
+    validate_config(cfg)
 
 
 def test_rule_kinds_hand_worked() -> None:

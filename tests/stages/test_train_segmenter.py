@@ -124,7 +124,8 @@ def test_configs_compose_and_build(make_config) -> None:
     assert norms and not any(p.requires_grad for m in norms for p in m.parameters())  # DeepLab: BN frozen
     with pytest.raises(ConfigError, match=r"^segmenter\.groups\.lr_grouping='conv8': expected one of"):
         build_module(make_config("segmenter.groups.lr_grouping=conv8", *TINY_NET), 9, [str(i) for i in range(9)])
-    with pytest.raises(ConfigError, match=r"pretrained=file needs"):
+    with pytest.raises(ConfigError, match=r"^segmenter\.backbone\.weights_path=None: expected a local .* since "
+                                          r"pretrained=file$"):
         build_module(make_config("segmenter=deeplabv2"), 21, [str(i) for i in range(21)])
 
 
@@ -134,7 +135,8 @@ def test_backbone_init_copies_the_classifier_trunk(make_config, tmp_path: Path) 
 
     trunk = {"name": "resnet18", "output_stride": 8, "fixed_bn": False, "frozen": [], "detach_after": None,
              "model_kwargs": {"channels": [8, 16, 32, 64]}}
-    classifier = build_classifier(8, trunk, {"kind": "gap"}, {"kind": "none"})
+    classifier = build_classifier(8, {"_target_": "vwl_lightning.models.backbone.Backbone", **trunk},
+                                  {"_target_": "vwl_lightning.models.pooling.GlobalAveragePooling"}, None)
     checkpoint = tmp_path / "classifier" / "classifier.ckpt"
     checkpoint.parent.mkdir()
     torch.save({"state_dict": {f"model.{k}": v for k, v in classifier.state_dict().items()}}, checkpoint)
