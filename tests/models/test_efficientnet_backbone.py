@@ -23,6 +23,7 @@ from timm.data import ImageNetInfo
 from timm.layers import BatchNormAct2d
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from conftest import LITE0
 from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.models.backbone import (
@@ -203,8 +204,7 @@ def test_embedded_benchmark_runs_with_lite0(make_config) -> None:
     from vwl_lightning.stages.pipeline import run_stages
     from vwl_lightning.utils.manifest import read_manifest
 
-    cfg = make_config("model=efficientnet_lite0", "model.max_epochs=1", "model.codebook.size=16",
-                      "cam.scales=[1.0,0.5]", "cam.num_workers=0", "cam.batch_size=8", "stage=cams")
+    cfg = make_config(*LITE0, "stage=cams")
     results = run_stages(cfg, ("classifier", "cams"))
     run_dir = Path(cfg.run_dir)
     manifest = read_manifest(run_dir / "classifier")
