@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 # the README's picture of the embedded benchmark
 samples: install

@@ -15,7 +15,7 @@ from conftest import LITE0
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.stages.config_checks import RULES, Rule, check_value, validate_config
 from vwl_lightning.stages.make_cams import resolve_checkpoint
-from vwl_lightning.utils.config import CONF_DIR
+from vwl_lightning.utils.config import config_dir
 from vwl_lightning.utils.manifest import write_manifest
 
 
@@ -51,7 +51,7 @@ def test_irn_on_a_rescaled_classifier_trunk_is_refused(make_config) -> None:
     assert cfg.irn.backbone.input_scale == 1.0 and cfg.model.backbone.input_scale == 2.0
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml")))
 def test_every_shipped_experiment_passes(experiment: str, make_config) -> None:
     validate_config(make_config(f"+experiment={experiment}", tiny=False))
 
