@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-full lint bench samples ablation ablation-pretrained sensitivity dials clean
+.PHONY: install run test test-fast test-full lint bench samples ablation ablation-pretrained sensitivity dials clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m vwl_lightning $(ARGS)
 
-# the default test suite (< 25 min on 2 cores); slow tests are excluded
+# the unit tier: single parts, no training run or subprocess (< 1 min on 2 cores)
+test-fast: install
+	$(PY) -m pytest -q -m "unit and not slow"
+
+# the default test suite (unit + integration, < 25 min on 2 cores); slow tests are excluded
 test: install
 	$(PY) -m pytest -q
 

@@ -23,6 +23,26 @@ TINY = "debug=tiny"
 LITE0 = ("model=efficientnet_lite0", "~model.backbone.model_kwargs.channels")
 
 
+# the unit tier (`make test-fast`): the test folders of single parts; a test there that trains for real or starts
+# a subprocess is marked `integration` (or `slow`) by hand and leaves the tier
+UNIT_DIRS = ("models", "cam", "pseudo", "evaluation", "utils", "data")
+SLOW_TIMEOUT_S = 1800  # pytest-timeout for `slow` tests (the default, pyproject's `timeout`, is 300 s)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration`` (by its folder, unless it carries either marker already)
+    and give ``slow`` tests a longer timeout."""
+    root = Path(__file__).parent
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+        if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
+            continue
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        unit = len(parts) > 1 and parts[0] in UNIT_DIRS and not item.get_closest_marker("slow")
+        item.add_marker(pytest.mark.unit if unit else pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder for the synthetic data of the whole test session."""
