@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-full lint bench samples ablation ablation-pretrained sensitivity dials refinement clean
+.PHONY: install run test test-fast test-full lint bench samples ablation ablation-pretrained sensitivity dials refinement clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m vwl_lightning $(ARGS)
 
-# the default test suite (< 25 min on 2 cores); slow tests are excluded
+# the unit tier: single parts, no training run or subprocess (< 1 min on 2 cores)
+test-fast: install
+	$(PY) -m pytest -q -m "unit and not slow"
+
+# the default test suite (unit + integration, < 25 min on 2 cores); slow tests are excluded
 test: install
 	$(PY) -m pytest -q
 
@@ -30,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 # the README's picture of the embedded benchmark
 samples: install

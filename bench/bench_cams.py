@@ -22,7 +22,7 @@ machine is flagged DISTURBED). With no ``--checkpoint``, a default synthetic cla
 ResNet-18, 112 px images) is trained for ``--train-steps`` steps first and reused by later runs in the same
 ``--work`` folder.
 
-Usage: ``python bench/bench_cams.py [--work /tmp/vwl_bench_cams] [--checkpoint CKPT] [--images 100]
+Usage: ``python -m bench.bench_cams [--work /tmp/vwl_bench_cams] [--checkpoint CKPT] [--images 100]
 [--memory-images 100 400] [--repeats 2] [--memory-repeats 3]``. Prints a markdown table and the ratios.
 """
 
@@ -40,8 +40,16 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, compose_cfg, data_overrides, emit, ensure_checkpoint, machine, machine_line, run_clean
+from bench.common import (
+    PeakMemory,
+    compose_cfg,
+    data_overrides,
+    emit,
+    ensure_checkpoint,
+    machine,
+    machine_line,
+    run_clean,
+)
 from vwl_lightning.cam.files import cam_path, load_cam_file, save_cam_file, stride4_shape
 from vwl_lightning.cam.fusion import keep_labelled, multiscale_cams
 from vwl_lightning.cam.inputs import CamInputs
@@ -51,7 +59,7 @@ from vwl_lightning.stages import make_cams as cam_stage
 from vwl_lightning.stages.evaluate_seeds import evaluate_seeds
 from vwl_lightning.stages.make_cams import make_cams
 
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.bench_cams"  # run as ``python -m bench.bench_cams``
 
 
 def cam_config(checkpoint: str, num_train: int, out_dir: Path, work: Path, extra: list[str]):
@@ -181,7 +189,7 @@ def timed(label: str, work: Path, args: list[str], repeats: int) -> dict[str, An
     for _ in range(repeats):
         out = Path(args[args.index("--out") + 1])
         shutil.rmtree(out, ignore_errors=True)
-        runs.append(run_clean(SCRIPT, args))
+        runs.append(run_clean(MODULE, args))
     best = min(runs, key=lambda r: r["seconds"])
     best["all_seconds"] = [round(r["seconds"], 2) for r in runs]
     best["others"] = [round(r["others_cpu_share"], 3) for r in runs]
@@ -222,7 +230,7 @@ def main() -> None:
     plain = timed("plain loop", work, child_args("plain", n, "plain"), args.repeats)
     bf16 = timed("ours bf16-mixed", work, child_args("ours", n, "bf16", "cam.precision=bf16-mixed"), args.repeats)
 
-    compute = run_clean(SCRIPT, child_args("compute", n, "unused"))
+    compute = run_clean(MODULE, child_args("compute", n, "unused"))
     print("  network only: " + ", ".join(f"{k} {v:.2f}" for k, v in compute.items() if k != "images"), flush=True)
 
     data = resolve_data(OmegaConf.to_container(compose_cfg(data_overrides(work / "cache", n), work).data.source,

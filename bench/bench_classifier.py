@@ -5,7 +5,7 @@
 2. A VWL-L step and a VWL-M step against the plain-CAM baseline step (both under Lightning);
    target ratio ≤ 1.10.
 
-Usage: ``python bench/bench_classifier.py [--steps 60] [--repeats 3]``. Prints a markdown table of
+Usage: ``python -m bench.bench_classifier [--steps 60] [--repeats 3]``. Prints a markdown table of
 seconds per step and the ratios. Each measurement drops warm-up steps and takes the median of repeats.
 """
 

@@ -11,7 +11,7 @@ The CAM files come from ``--cam-dir`` or are made first with the CAM stage on ``
 default synthetic data set (the classifier of ``bench_cams.py`` in the same ``--work`` folder is reused or
 trained). The machine has 2 cores: run this when it is otherwise idle (the load average is printed).
 
-Usage: ``python bench/bench_crf.py [--work /tmp/vwl_bench_cams] [--images 400] [--cam-dir DIR]
+Usage: ``python -m bench.bench_crf [--work /tmp/vwl_bench_cams] [--images 400] [--cam-dir DIR]
 [--repeats 2]``.
 """
 
@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.bench_crf"  # run as ``python -m bench.bench_crf``
 # Imports of the package happen inside the functions: a ``spawn`` pool worker re-imports this file as
 # ``__mp_main__``, and its start-up should cost what it costs under ``python -m vwl_lightning`` (whose main
 # module imports only Hydra), not the benchmark's own imports.
@@ -35,7 +34,7 @@ def child(work: Path, images: int, cam_dir: Path, out: Path, workers: int, start
     """One pseudo-label run with the pipeline's settings, timed."""
     from omegaconf import OmegaConf
 
-    from common import compose_cfg, data_overrides
+    from bench.common import compose_cfg, data_overrides
     from vwl_lightning.data.source import resolve_data
     from vwl_lightning.pseudo.dense_crf import crf_params_from_config
     from vwl_lightning.stages.make_pseudo_masks import make_pseudo_labels
@@ -54,7 +53,7 @@ def child(work: Path, images: int, cam_dir: Path, out: Path, workers: int, start
 
 
 def main() -> None:
-    from common import compose_cfg, data_overrides, ensure_checkpoint, machine, machine_line, run_clean
+    from bench.common import compose_cfg, data_overrides, ensure_checkpoint, machine, machine_line, run_clean
     from vwl_lightning.stages.make_cams import make_cams
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,7 +83,7 @@ def main() -> None:
         for _ in range(args.repeats):
             out = work / "crf_out"
             shutil.rmtree(out, ignore_errors=True)
-            runs.append(run_clean(SCRIPT, ["--child", str(work), str(args.images), str(cam_dir), str(out),
+            runs.append(run_clean(MODULE, ["--child", str(work), str(args.images), str(cam_dir), str(out),
                                            str(workers), method]))
         results[label] = min(runs, key=lambda r: r["seconds"])
         results[label]["all"] = [round(r["seconds"], 2) for r in runs]
@@ -113,7 +112,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        from common import emit
+        from bench.common import emit
 
         work, images, cam_dir, out, workers, method = sys.argv[2:8]
         emit(child(Path(work), int(images), Path(cam_dir), Path(out), int(workers), method))

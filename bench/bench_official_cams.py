@@ -24,7 +24,7 @@ ours ratio of both. Then: max |difference| of the normalised CAMs of each of our
 files, and a ``torch.profiler`` table of one batch of our network work per precision (top operators by self
 CPU time).
 
-Usage: ``python bench/bench_official_cams.py [--work /tmp/vwl_bench_official] [--images 4] [--repeats 2]
+Usage: ``python -m bench.bench_official_cams [--work /tmp/vwl_bench_official] [--images 4] [--repeats 2]
 [--batch-size 16] [--workers 2] [--profile-scales 1.0] [--profile-bf16] [--profile-fold]``. Extra
 ``key=value`` arguments after ``--`` go to all of our runs' config.
 """
@@ -35,7 +35,6 @@ import argparse
 import importlib.util
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose_cfg, machine, machine_line
+from bench.common import compose_cfg, machine, machine_line
 from vwl_lightning.cam.files import cam_path, load_cam_file, save_cam_file, stride4_shape
 from vwl_lightning.cam.fusion import keep_labelled, multiscale_cams
 from vwl_lightning.cam.inputs import CamInputs, collate_cams, pil_rescale

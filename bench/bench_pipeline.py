@@ -4,7 +4,7 @@ Each stage runs as its own ``python -m vwl_lightning stage=<name>`` process in o
 the pipeline would run it, with the default configuration (the embedded benchmark, W&B offline); a sampling
 thread records the peak resident memory of the process and its children (DataLoader / CRF workers).
 
-    python bench/bench_pipeline.py [--run-dir /tmp/vwl_bench_pipeline] [--cache-dir DIR] [-- overrides]
+    python -m bench.bench_pipeline [--run-dir /tmp/vwl_bench_pipeline] [--cache-dir DIR] [-- overrides]
 
 Prints a markdown table: seconds and peak MiB per stage, and the total.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from common import machine, machine_line
+from bench.common import machine, machine_line
 
 STAGES = ("classifier", "cams", "seeds", "pseudo", "segmenter")
 

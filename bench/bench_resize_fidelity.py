@@ -14,7 +14,7 @@ the share of values that differ at all, for:
 
 Also the time of each rule for a batch of 16 copies of coffee (400×600) at scale 2 (one thread).
 
-Usage: ``python bench/bench_resize_fidelity.py``.
+Usage: ``python -m bench.bench_resize_fidelity``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ with each module's own parameter groups, on the same pre-made batch.  The conten
 each and the ratio EMANet / DeepLabV2 come from this one run.  The 1-minute load average before and after is
 printed: on a shared machine the absolute times move, the interleaved ratio much less.
 
-Usage: ``python bench/bench_segmenters.py [--steps 12] [--warmup 2] [--repeats 3]``.
+Usage: ``python -m bench.bench_segmenters [--steps 12] [--warmup 2] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose_cfg  # noqa: E402
+from bench.common import compose_cfg  # noqa: E402
 from vwl_lightning.modules.emanet import emanet_loss, emanet_param_groups  # noqa: E402
 from vwl_lightning.modules.optim import build_sgd  # noqa: E402
 from vwl_lightning.modules.segmenter import segmenter_param_groups  # noqa: E402

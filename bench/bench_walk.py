@@ -19,20 +19,18 @@ one-time start-up is not counted). Time = wall seconds of the walk; CPU seconds 
 too. Labels = ``walk_to_labels`` (bilinear ×4,
 crop, global max, 0.25 background plane) of each result, compared pixel by pixel.
 
-Usage: ``python bench/bench_walk.py [--full-dense] [--threads 2] [--grids 500x375 512x512] [--methods sparse dense]``.
+Usage: ``python -m bench.bench_walk [--full-dense] [--threads 2] [--grids 500x375 512x512] [--methods sparse dense]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.bench_walk"  # run as ``python -m bench.bench_walk``
 GRIDS = {"500x375": (375, 500), "512x512": (512, 512)}
 K, BETA, EXP_TIMES, RADIUS = 3, 10.0, 8, 5
 
@@ -111,7 +109,7 @@ def child(method: str, grid: str, full: bool, out: Path, threads: int) -> dict[s
     import numpy as np
     import torch
 
-    from common import PeakMemory
+    from bench.common import PeakMemory
     from vwl_lightning.pseudo.random_walk import random_walk, walk_to_labels
 
     torch.set_num_threads(threads)
@@ -156,7 +154,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "GRID", "OUT"))
     args = parser.parse_args()
     if args.child:
-        from common import emit
+        from bench.common import emit
 
         method, grid, out = args.child
         emit(child(method, grid, args.full_dense, Path(out), args.threads))
@@ -164,7 +162,7 @@ def main() -> None:
 
     import numpy as np
 
-    from common import machine, machine_line, run_child
+    from bench.common import machine, machine_line, run_child
 
     args.work.mkdir(parents=True, exist_ok=True)
     print(machine_line(machine()))
@@ -179,7 +177,7 @@ def main() -> None:
                 print(json.dumps(results[method]), flush=True)
                 continue
             flags = [*(["--full-dense"] if args.full_dense else []), "--threads", str(args.threads)]
-            results[method] = run_child(SCRIPT, [*flags, "--child", method, grid, str(out)], timeout=4 * 3600)
+            results[method] = run_child(MODULE, [*flags, "--child", method, grid, str(out)], timeout=4 * 3600)
             saved.write_text(json.dumps(results[method]))
             print(json.dumps(results[method]), flush=True)
         sparse_l, dense_l = (np.load(args.work / f"{grid}_{m}.npy") for m in ("sparse", "dense"))

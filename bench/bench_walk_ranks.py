@@ -7,7 +7,7 @@ and ``trainer=ddp_cpu`` (2 ranks, each with ``torch`` threads = cores / 2, each 
 The walk's own time comes from the manifests (``walk_seconds``, measured on rank 0 after every rank is done;
 start-up, model loading and scoring excluded); the wall time of each command is printed too.
 
-Usage: ``python bench/bench_walk_ranks.py RUN_DIR [--out runs/bench_walk_ranks]`` where ``RUN_DIR`` holds
+Usage: ``python -m bench.bench_walk_ranks RUN_DIR [--out runs/bench_walk_ranks]`` where ``RUN_DIR`` holds
 ``cams/`` and ``irn/train/irn.ckpt`` (e.g. a ``pseudo.mode=irn`` run, or ``runs/refinement_study/s1/irn``
 with its CAMs in ``../crf/cams``: pass ``--cams``).
 """

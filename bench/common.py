@@ -23,6 +23,7 @@ from omegaconf import DictConfig, open_dict
 from vwl_lightning.utils.config import config_dir
 
 RESULT_PREFIX = "RESULT "
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # the embedded benchmark's images (112 px) and classifier, quiet; the data-set size is set per call
 QUIET = ["logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -66,17 +67,25 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_child(script: Path, args: Sequence[str], timeout: int = 1800) -> dict[str, Any]:
-    """Run ``python script args`` in a fresh interpreter and return the JSON it printed after ``RESULT``,
+def child_env() -> dict[str, str]:
+    """The environment for ``python -m bench.<script>`` children: the repository root on PYTHONPATH, so they
+    import ``bench`` whatever their working folder."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *([path] if path else [])])}
+
+
+def run_child(module: str, args: Sequence[str], timeout: int = 1800) -> dict[str, Any]:
+    """Run ``python -m module args`` in a fresh interpreter and return the JSON it printed after ``RESULT``,
     with ``others_cpu_share``: the share of the machine's CPU time that other processes used meanwhile
     (0 on an idle machine; a measurement with a large share is not to be trusted)."""
     busy, own, start = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, env=child_env())
     wall = time.perf_counter() - start
     others = (busy_cpu_seconds() - busy) - (children_cpu_seconds() - own)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{script.name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(lines[-1][len(RESULT_PREFIX):])
     result["others_cpu_share"] = max(0.0, others / (wall * (os.cpu_count() or 1)))
     return result
@@ -94,7 +103,7 @@ def wait_until_idle(max_share: float = 0.05, window: float = 5.0, timeout: float
             return share
 
 
-def run_clean(script: Path, args: Sequence[str], max_share: float = 0.05, attempts: int = 8,
+def run_clean(module: str, args: Sequence[str], max_share: float = 0.05, attempts: int = 8,
               timeout: int = 900) -> dict[str, Any]:
     """:func:`run_child` on an idle machine: wait for idle, run, and run again if other processes took more
     than ``max_share`` of the CPUs meanwhile (or the run timed out); the result notes the attempts and
@@ -103,14 +112,14 @@ def run_clean(script: Path, args: Sequence[str], max_share: float = 0.05, attemp
     for attempt in range(1, attempts + 1):
         wait_until_idle(max_share)
         try:
-            result = run_child(script, args, timeout)
+            result = run_child(module, args, timeout)
         except subprocess.TimeoutExpired:
             continue
         result["attempts"] = attempt
         if result["others_cpu_share"] < max_share:
             return result
     if not result:
-        raise RuntimeError(f"{script.name} {' '.join(args)}: every attempt timed out")
+        raise RuntimeError(f"{module} {' '.join(args)}: every attempt timed out")
     result["disturbed"] = True
     return result
 

@@ -1,10 +1,11 @@
 #!/bin/bash
-# Usage: python bench/tiny_gt_masks.py runs/tinygt runs/tinycache && bash bench/compare_segmenters_tiny.sh
+# Usage: python -m bench.tiny_gt_masks runs/tinygt runs/tinycache && bash bench/compare_segmenters_tiny.sh
 # (then read runs/cmp/<segmenter>_s<seed>/segmenter/manifest.json: eval.eval.miou, eval.eval_crf.miou)
 # DeepLabV2 vs EMANet on identical masks (tiny embedded benchmark, ground-truth-derived masks), 3 seeds
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/cmp}; MASKS=${MASKS:-$PWD/runs/tinygt}; CACHE=${CACHE:-$PWD/runs/tinycache}
-TINY="data.source.generator.num_train=48 data.source.generator.num_val=16 data.source.generator.image_size=64 data.train_transform.resize_long=[56,72] data.train_transform.crop_size=64 data.eval_size=64 data.batch_size=8 data.eval_batch_size=8 data.num_workers=0"
+# the tiny data of debug=tiny, with the embedded benchmark's classifier width (as measured for BENCHMARKS.md)
+TINY="debug=tiny model.backbone.model_kwargs.channels=[32,64,128,256]"
 mkdir -p $OUT
 for seed in 1 2 3; do
   for group in synthetic emanet_synthetic; do

@@ -10,21 +10,19 @@ sustained throughput a GPU reaches on these networks (``--gpu-tflops``, per prec
 efficiency, and the CPU costs of the CPU-only stages (dense CRF per 500×375 image, seed evaluation).
 Prints the counted FLOPs and one table per data set: each stage on 1 GPU and on 8 GPUs (2 nodes × 4).
 
-Usage: ``python bench/cost_model.py [--gpu-tflops-bf16 50] [--gpu-tflops-fp32 25] [--scaling 0.85]
+Usage: ``python -m bench.cost_model [--gpu-tflops-bf16 50] [--gpu-tflops-fp32 25] [--scaling 0.85]
 [--crf-s 0.40] [--cpu-workers 16]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose_cfg
+from bench.common import compose_cfg
 from vwl_lightning.data.meta import VOC_CLASSES
 from vwl_lightning.stages.train_classifier import build_module as build_classifier_module
 from vwl_lightning.stages.train_segmenter import build_module as build_segmenter_module

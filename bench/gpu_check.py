@@ -21,7 +21,7 @@ Each section prints its times; the end prints one table and writes ``--out`` (JS
 the exit status 1. With no CUDA device it says so and exits 0 (``--smoke`` runs every section on the CPU
 at toy sizes instead, to check that the script itself works, training in fp32 only; its times mean nothing).
 
-Usage: ``python bench/gpu_check.py [--out gpu_check.json] [--steps 10] [--cam-images 8] [--smoke]``.
+Usage: ``python -m bench.gpu_check [--out gpu_check.json] [--steps 10] [--cam-images 8] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BUDGET_S = 8 * 60
 # training precisions per mode: the smoke test (CPU) skips bf16, which CPUs without AVX-512 BF16 emulate at
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     import shutil
 
-    from common import compose_cfg
+    from bench.common import compose_cfg
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

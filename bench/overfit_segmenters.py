@@ -1,10 +1,10 @@
 """Diagnostic: how fast each segmenter fits one fixed batch.
 
 40 SGD steps (each config's lr, momentum 0.9, wd 1e-4, its own parameter groups) on 8 tiny images (64 px, the
-tests' ``TINY_DATA``) with ground-truth masks; every 10 steps the eval-mode mIoU on that batch and the share of
+data of ``debug=tiny``) with ground-truth masks; every 10 steps the eval-mode mIoU on that batch and the share of
 pixels predicted as foreground.  ``segmenter=synthetic`` (DeepLabV2) vs ``segmenter=emanet_synthetic``.
 
-Usage (from the repository root): ``python bench/overfit_segmenters.py MASKS CACHE`` with MASKS a folder holding
+Usage (from the repository root): ``python -m bench.overfit_segmenters MASKS CACHE`` with MASKS a folder holding
 ``masks/<id>.png`` for the tiny train split and CACHE the synthetic-data cache folder.
 """
 
@@ -17,21 +17,24 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, "tests")  # the tests' tiny-data overrides
-from conftest import TINY_DATA, compose_config  # noqa: E402
-from vwl_lightning.data.source import resolve_data  # noqa: E402
-from vwl_lightning.evaluation.metrics import SegmentationConfusion  # noqa: E402
-from vwl_lightning.modules.emanet import emanet_loss, emanet_param_groups  # noqa: E402
-from vwl_lightning.modules.optim import build_sgd  # noqa: E402
-from vwl_lightning.modules.segmenter import segmenter_param_groups  # noqa: E402
-from vwl_lightning.stages.train_segmenter import build_datamodule, build_module  # noqa: E402
+from bench.common import compose_cfg
+from vwl_lightning.data.source import resolve_data
+from vwl_lightning.evaluation.metrics import SegmentationConfusion
+from vwl_lightning.modules.emanet import emanet_loss, emanet_param_groups
+from vwl_lightning.modules.optim import build_sgd
+from vwl_lightning.modules.segmenter import segmenter_param_groups
+from vwl_lightning.stages.train_segmenter import build_datamodule, build_module
+
+# the tiny data of conf/debug/tiny.yaml with the embedded benchmark's classifier width (conf/model/synthetic.yaml,
+# which DeepLabV2's trunk follows), as measured for BENCHMARKS.md
+TINY = ["debug=tiny", "model.backbone.model_kwargs.channels=[32,64,128,256]"]
 
 
 def main(masks: Path, cache: Path, steps: int = 40) -> None:
     torch.manual_seed(0)
     for group in ("synthetic", "emanet_synthetic"):
-        cfg = compose_config([*TINY_DATA, f"segmenter={group}", "segmenter.backbone_init=null",
-                              f"segmenter.pseudo_dir={masks}"], Path("/tmp/overfit_segmenters") / group, cache)
+        cfg = compose_cfg([*TINY, f"paths.cache_dir={cache}", f"segmenter={group}", "segmenter.backbone_init=null",
+                           f"segmenter.pseudo_dir={masks}"], Path("/tmp/overfit_segmenters") / group)
         data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
         datamodule = build_datamodule(cfg, data, masks / "masks")
         datamodule.setup()

@@ -1,4 +1,5 @@
-"""Run every benchmark script under bench/ in turn (``make bench``); each prints its own table.
+"""Run every benchmark script under bench/ in turn (``make bench``, or ``python -m bench.run_all`` from the
+repository root); each prints its own table.
 
 Results are copied by hand into BENCHMARKS.md with the machine they ran on. Run on an otherwise idle
 machine: the scripts time wall clock.
@@ -8,20 +9,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPTS = ("bench_classifier.py", "bench_cams.py", "bench_crf.py", "bench_pipeline.py", "bench_walk.py")
+from bench.common import child_env
+
+SCRIPTS = ("bench_classifier", "bench_cams", "bench_crf", "bench_pipeline", "bench_walk")
 
 
 def main() -> int:
-    here = Path(__file__).parent
     failed = []
     for name in SCRIPTS:
-        script = here / name
-        if not script.is_file():
-            continue
-        print(f"\n## {name}\n", flush=True)
-        if subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
+        print(f"\n## bench.{name}\n", flush=True)
+        if subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False, env=child_env()).returncode != 0:
             failed.append(name)
     if failed:
         print(f"failed: {failed}")

@@ -280,11 +280,7 @@ def test_export_command_runs(make_config, tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.slow
 def test_default_command_runs_end_to_end_with_small_settings(tmp_path: Path) -> None:
     """README's first command, `python -m vwl_lightning`, as a subprocess with tiny data and one epoch."""
-    from conftest import QUIET_TRAINER, TINY_DATA
-
-    small = [*TINY_DATA, *QUIET_TRAINER, "model.max_epochs=1", "model.codebook.size=16",
-             "model.backbone.model_kwargs.channels=[8,16,32,64]", "segmenter.max_epochs=1", "cam.scales=[1.0]",
-             "cam.num_workers=0", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}",
+    small = ["debug=tiny", "cam.scales=[1.0]", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}",
              f"paths.cache_dir={tmp_path / 'cache'}"]
     result = run_module("vwl_lightning", *small, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -403,6 +403,7 @@ def test_training_ready_voc_fixture_and_kind_from_dataset_json(tmp_path: Path) -
     assert report.kind == "synthetic" and report.splits == ("train", "val") and report.complete
 
 
+@pytest.mark.integration  # not in the unit tier: 2 subprocesses
 def test_checker_module_exit_status(voc_sbd) -> None:
     """``python -m vwl_lightning.data.check_layout`` exits 1 on an incomplete layout, 0 once SBD is merged."""
     import subprocess

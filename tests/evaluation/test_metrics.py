@@ -229,6 +229,7 @@ def _ddp_worker(rank: int, world: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # not in the unit tier: 2 spawned processes
 def test_two_process_ddp_sync_equals_one_process(tmp_path: Path) -> None:
     """Two gloo ranks, each with half the images: every rank's synced result equals one process's."""
     sweep, seg = BackgroundSweep(4, [0.2, 0.5]), SegmentationConfusion(4, pred_ignore_index=255)

@@ -27,10 +27,10 @@ TOL = 1e-4  # float32, same operators: differences are rounding only
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+    from conftest import TINY, compose_config
 
     root = tmp_path_factory.mktemp("export")
-    tiny_run(lambda *o, run_dir: compose_config([*TINY_DATA, *QUIET_TRAINER, *o], run_dir, cache_dir), root / "run")
+    tiny_run(lambda *o, run_dir: compose_config([TINY, *o], run_dir, cache_dir), root / "run")
     export(root / "run", root / "out", check_size=(72, 56))
     return root
 

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_memory_bank.py"
 
 
+@pytest.mark.integration  # not in the unit tier: 2 DDP processes
 def test_memory_bank_is_identical_on_two_ddp_ranks(tmp_path: Path, cache_dir: Path) -> None:
     result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(cache_dir)],
                             capture_output=True, text=True, timeout=600)

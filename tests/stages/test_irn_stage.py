@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import open_dict
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import compose_config
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.errors import DataError
 from vwl_lightning.stages.pipeline import run
@@ -20,9 +20,7 @@ from vwl_lightning.utils.manifest import read_manifest
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_IRN = [
-    *TINY_DATA, *QUIET_TRAINER,
-    "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
-    "cam.scales=[1.0]", "cam.num_workers=0", "cam.batch_size=8", "pseudo.num_workers=0",
+    "debug=tiny", "cam.scales=[1.0]",
     "pseudo.mode=irn", "irn=synthetic", "irn.max_epochs=2", "irn.batch_size=8", "irn.crop_size=64", "irn.radius=5",
     "irn.walk.exp_times=5",
     "pipeline=[classifier,cams,pseudo]",

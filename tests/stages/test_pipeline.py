@@ -1,6 +1,6 @@
-"""The one-command pipeline on a tiny embedded benchmark: classifier → CAMs → seeds → CRF pseudo masks →
-segmenter, every stage's outputs and manifest, results.json/md, resume after an interrupted segmenter, and
-each stage run alone from another run's folder."""
+"""The one-command pipeline on a tiny embedded benchmark (the session's ``tiny_pipeline``, conftest.py):
+classifier → CAMs → seeds → CRF pseudo masks → segmenter, every stage's outputs and manifest, results.json/md,
+resume after an interrupted segmenter, and each stage run alone from another run's folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import TINY, compose_config, logged, wait_for
 from vwl_lightning.cam.files import cam_path
 from vwl_lightning.data.label_png import read_label_png
 from vwl_lightning.errors import DataError
@@ -25,26 +24,6 @@ from vwl_lightning.stages.pipeline import PIPELINE, run
 from vwl_lightning.utils.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-# one epoch per trained stage, two CAM scales, small networks, everything in the main process
-TINY_PIPELINE = [
-    *TINY_DATA, *QUIET_TRAINER,
-    "model.max_epochs=1", "model.codebook.size=16", "model.backbone.model_kwargs.channels=[8,16,32,64]",
-    "cam.scales=[1.0,0.5]", "cam.num_workers=0", "cam.batch_size=8",
-    "pseudo.num_workers=0",
-    "segmenter.max_epochs=1", "segmenter.backbone.model_kwargs={channels:[8,16,32,64]}",
-]
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> SimpleNamespace:
-    """The whole pipeline once, in-process, as ``python -m vwl_lightning`` runs it."""
-    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
-    cfg = compose_config(TINY_PIPELINE, run_dir, cache_dir)
-    assert cfg.stage == "pipeline"
-    headline = run(cfg)
-    return SimpleNamespace(cfg=cfg, run_dir=run_dir, headline=headline, cache=cache_dir)
 
 
 def ids_of(cfg, split: str) -> list[str]:
@@ -55,8 +34,8 @@ def ids_of(cfg, split: str) -> list[str]:
     return resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True)).layout.split_ids(split)
 
 
-def test_pipeline_writes_every_stage_and_the_results(pipeline_run: SimpleNamespace) -> None:
-    run_dir, cfg = pipeline_run.run_dir, pipeline_run.cfg
+def test_pipeline_writes_every_stage_and_the_results(tiny_pipeline: SimpleNamespace) -> None:
+    run_dir, cfg = tiny_pipeline.run_dir, tiny_pipeline.cfg
     assert PIPELINE == ("classifier", "cams", "seeds", "pseudo", "segmenter")
     train_ids, val_ids = ids_of(cfg, "train"), ids_of(cfg, "val")
     manifests = {name: read_manifest(run_dir / name) for name in PIPELINE}
@@ -88,7 +67,7 @@ def test_pipeline_writes_every_stage_and_the_results(pipeline_run: SimpleNamespa
         assert sorted(p.stem for p in (seg / sub / "predictions").glob("*.png")) == sorted(val_ids)
     # results
     results = json.loads((run_dir / "results.json").read_text())
-    assert results == json.loads(json.dumps(pipeline_run.headline))
+    assert results == json.loads(json.dumps(tiny_pipeline.headline))
     assert results["pseudo_mask_miou"] == manifests["pseudo"]["metrics"]["miou"]
     assert results["segmenter_val_miou"] == manifests["segmenter"]["eval"]["eval"]["miou"]
     assert results["segmenter_val_miou_crf"] == manifests["segmenter"]["eval"]["eval_crf"]["miou"]
@@ -98,13 +77,13 @@ def test_pipeline_writes_every_stage_and_the_results(pipeline_run: SimpleNamespa
     assert "segmenter_val_miou_crf" in text and "| segmenter |" in text
 
 
-def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: SimpleNamespace,
+def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(tiny_pipeline: SimpleNamespace,
                                                                  tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    shutil.copytree(pipeline_run.run_dir, run_dir)  # keeps mtimes
+    shutil.copytree(tiny_pipeline.run_dir, run_dir)  # keeps mtimes
     seg = run_dir / "segmenter"
     shutil.rmtree(seg)  # the copy's segmenter starts from scratch
-    first_id = ids_of(pipeline_run.cfg, "train")[0]
+    first_id = ids_of(tiny_pipeline.cfg, "train")[0]
     watched = [run_dir / "classifier" / "classifier.ckpt", run_dir / "classifier" / "manifest.json",
                cam_path(run_dir / "cams", first_id), run_dir / "seeds" / "manifest.json",
                run_dir / "seeds" / "metrics.json", run_dir / "pseudo" / "manifest.json",
@@ -118,13 +97,14 @@ def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: S
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vwl_lightning", f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra",
-             f"paths.cache_dir={pipeline_run.cache}", *TINY_PIPELINE, f"segmenter.max_epochs={epochs}"],
+             f"paths.cache_dir={tiny_pipeline.cache}", TINY, f"segmenter.max_epochs={epochs}"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.monotonic() + 300
-        while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.kill()
-        proc.wait()
+        try:  # the stage log says the segmenter trains; its first epoch's end leaves the resume point
+            wait_for(logged(log, "segmenter: training on"), proc, log, what="the segmenter's start")
+            wait_for(last.is_file, proc, log, what="segmenter/checkpoints/last.ckpt")
+        finally:
+            proc.kill()
+            proc.wait()
     assert last.is_file(), log.read_text()[-3000:]
     assert read_manifest(seg) is None and not (seg / "segmenter.ckpt").exists()
     killed_at = torch.load(last, map_location="cpu", weights_only=False)
@@ -132,7 +112,7 @@ def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: S
     assert killed_at["global_step"] == killed_at["epoch"] * steps_per_epoch + steps_per_epoch  # an epoch's end
     assert killed_at["epoch"] < epochs - 1
     # run the pipeline again: earlier stages are skipped, the segmenter resumes and completes
-    headline = run(compose_config([*TINY_PIPELINE, f"segmenter.max_epochs={epochs}"], run_dir, pipeline_run.cache))
+    headline = run(compose_config([TINY, f"segmenter.max_epochs={epochs}"], run_dir, tiny_pipeline.cache))
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     manifest = read_manifest(seg)
     assert manifest["training"]["resumed_from"] == str(last)
@@ -143,12 +123,12 @@ def test_killed_segmenter_resumes_and_earlier_stages_are_skipped(pipeline_run: S
     assert (seg / "eval_crf" / "metrics.json").is_file() and (seg / "segmenter.ckpt").is_file()
 
 
-def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNamespace, tmp_path: Path) -> None:
-    source = pipeline_run.run_dir
+def test_each_stage_runs_alone_from_another_runs_folders(tiny_pipeline: SimpleNamespace, tmp_path: Path) -> None:
+    source = tiny_pipeline.run_dir
     run_dir = tmp_path / "alone"
 
     def stage(*overrides: str, where: Path = run_dir):
-        return run(compose_config([*TINY_PIPELINE, *overrides], where, pipeline_run.cache))
+        return run(compose_config([TINY, *overrides], where, tiny_pipeline.cache))
 
     stage("stage=cams", f"cam.classifier_dir={source}/classifier")
     stage("stage=seeds")  # reads this run's cams (seeds.cam_dir defaults to cam.out_dir)
@@ -156,18 +136,18 @@ def test_each_stage_runs_alone_from_another_runs_folders(pipeline_run: SimpleNam
     assert not (run_dir / "classifier").exists()
     for name in ("cams", "seeds", "pseudo"):
         assert read_manifest(run_dir / name) is not None, name
-    first_id = ids_of(pipeline_run.cfg, "train")[0]
+    first_id = ids_of(tiny_pipeline.cfg, "train")[0]
     same_cams = np.load(cam_path(run_dir / "cams", first_id))["high_res"]
     np.testing.assert_allclose(same_cams, np.load(cam_path(source / "cams", first_id))["high_res"], atol=1e-3)
     np.testing.assert_array_equal(read_label_png(run_dir / "pseudo" / "masks" / f"{first_id}.png"),
                                   read_label_png(source / "pseudo" / "masks" / f"{first_id}.png"))
     # the segmenter from the command line, on the other run's pseudo masks, as README shows it: the classifier
     # that initialises its backbone is the one behind those masks (pseudo -> cams -> classifier manifests)
-    env = {**os.environ, "VWL_CACHE_DIR": str(pipeline_run.cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "VWL_CACHE_DIR": str(tiny_pipeline.cache), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "vwl_lightning", "stage=segmenter", f"segmenter.pseudo_dir={source}/pseudo",
-         f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra", f"paths.cache_dir={pipeline_run.cache}",
-         *TINY_PIPELINE],
+         f"run_dir={run_dir}", f"paths.runs_dir={tmp_path}/hydra", f"paths.cache_dir={tiny_pipeline.cache}",
+         TINY],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]

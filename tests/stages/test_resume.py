@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import compose_config, logged, wait_for
 from vwl_lightning.stages.train_classifier import train_classifier
 from vwl_lightning.utils.manifest import read_manifest
 
-TINY = [*TINY_DATA, *QUIET_TRAINER, "model.codebook.size=8", "model.backbone.model_kwargs.channels=[8,16,32,64]"]
+TINY = ["debug=tiny", "model.codebook.size=8"]
 
 
 def test_killed_classifier_resumes_from_its_last_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
@@ -27,12 +26,13 @@ def test_killed_classifier_resumes_from_its_last_checkpoint(tmp_path: Path, cach
             [sys.executable, "-m", "vwl_lightning", "stage=classifier", f"run_dir={run_dir}",
              f"paths.runs_dir={tmp_path}/hydra", f"paths.cache_dir={cache_dir}", *TINY, "model.max_epochs=200"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.monotonic() + 300
-        while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)  # let the rename of the first checkpoint settle, then kill mid-epoch
-        proc.kill()
-        proc.wait()
+        try:  # kill it once the log says it trains and its first epoch has left the resume point (written
+            # atomically: a last.ckpt under its final name is complete); the kill lands in a later epoch
+            wait_for(logged(log, "classifier: training, outputs in"), proc, log, what="the classifier's start")
+            wait_for(last.is_file, proc, log, what="classifier/checkpoints/last.ckpt")
+        finally:
+            proc.kill()
+            proc.wait()
     assert last.is_file(), log.read_text()[-3000:]
     assert read_manifest(stage) is None and not (stage / "classifier.ckpt").exists()
     killed_at = torch.load(last, map_location="cpu", weights_only=False)

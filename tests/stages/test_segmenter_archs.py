@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import TINY, compose_config
 from fixtures_models import kind_of
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.modules.emanet import EMANetModule
@@ -102,10 +102,7 @@ def test_embedded_pipeline_with_emanet(cache_dir: Path, tmp_path: Path) -> None:
     """The whole embedded pipeline (classifier → CAMs → seeds → pseudo masks → EMANet) on tiny data."""
     from vwl_lightning.stages.pipeline import run
 
-    cfg = compose_config([*TINY_DATA, *QUIET_TRAINER, "model.max_epochs=1", "model.codebook.size=16",
-                          "model.backbone.model_kwargs.channels=[8,16,32,64]", "cam.scales=[1.0]",
-                          "cam.num_workers=0", "cam.batch_size=8", "pseudo.num_workers=0", *TINY_EMANET,
-                          "segmenter.max_epochs=1"], tmp_path / "run", cache_dir)
+    cfg = compose_config([TINY, "cam.scales=[1.0]", *TINY_EMANET], tmp_path / "run", cache_dir)
     assert cfg.segmenter.arch == "emanet"
     run(cfg)
     manifest = read_manifest(tmp_path / "run" / "segmenter")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import LITE0
 from fixtures_models import save_checkpoint
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.stages.pipeline import check_settings, run_stages
@@ -54,13 +55,13 @@ def test_stages_made_earlier_in_the_same_run_count_as_present(make_config) -> No
 
 
 def test_lite0_segmenter_follows_the_classifier_trunk(make_config, tmp_path: Path) -> None:
-    cfg = make_config("model=efficientnet_lite0")
+    cfg = make_config(*LITE0)
     assert cfg.segmenter.backbone.name == "tf_efficientnet_lite0"
     assert OmegaConf.to_container(cfg.segmenter.backbone.input_norm) == {"mean": [0.5] * 3, "std": [0.5] * 3}
     check_settings(cfg, tuple(cfg.pipeline))
     classifier = build_classifier_module(cfg, 8, [str(i) for i in range(9)])
     ckpt = save_checkpoint(classifier, tmp_path / "classifier.ckpt")
-    cfg = make_config("model=efficientnet_lite0", f"segmenter.backbone_init={ckpt}")
+    cfg = make_config(*LITE0, f"segmenter.backbone_init={ckpt}")
     segmenter = build_segmenter_module(cfg, 9, [str(i) for i in range(9)])
     own = segmenter.model.backbone.state_dict()
     trunk = classifier.model.backbone.state_dict()
@@ -75,9 +76,7 @@ def test_lite0_segmenter_follows_the_classifier_trunk(make_config, tmp_path: Pat
 @pytest.mark.slow
 def test_lite0_runs_the_whole_pipeline(make_config) -> None:
     """model=efficientnet_lite0 through every stage on tiny data (classifier, CAMs, seeds, CRF, segmenter)."""
-    cfg = make_config("model=efficientnet_lite0", "model.max_epochs=1", "model.codebook.size=16",
-                      "cam.scales=[1.0]", "cam.num_workers=0", "cam.batch_size=8", "segmenter.max_epochs=1",
-                      "segmenter.eval.crf=false")
+    cfg = make_config(*LITE0, "cam.scales=[1.0]", "segmenter.eval.crf=false")
     results = run_stages(cfg, tuple(cfg.pipeline))
     assert 0.0 <= results["segmenter"]["miou"] <= 1.0
     assert 0.0 <= results["seeds"]["best_miou"] <= 1.0

@@ -57,7 +57,8 @@ def fixed_batches(datamodule, count: int) -> list[dict]:
 @pytest.mark.parametrize("experiment", ["synthetic_vwl_l", "synthetic_vwl_m", "synthetic_baseline"])
 def test_loss_falls_on_the_embedded_benchmark(experiment: str, make_config) -> None:
     small_codebook = [] if experiment == "synthetic_baseline" else ["model.codebook.size=32"]
-    cfg = make_config(f"+experiment={experiment}", "model.max_epochs=4", *small_codebook)
+    cfg = make_config(f"+experiment={experiment}", "model.max_epochs=4", *small_codebook,
+                      "model.backbone.model_kwargs.channels=[32,64,128,256]")  # the benchmark's width
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.data.meta.num_foreground, list(datamodule.data.meta.class_names))
     batches = fixed_batches(datamodule, 32)
@@ -99,7 +100,7 @@ def test_memory_bank_is_saved_in_the_checkpoint(make_config) -> None:
     cfg = make_config("+experiment=synthetic_vwl_m", "model.max_epochs=1", "model.codebook.size=8")
     state = torch.load(train_classifier(cfg), map_location="cpu", weights_only=True)["state_dict"]
     assert state["model.codebook.initialised"].item() is True
-    assert state["model.codebook.bank"].shape == (8, 256)
+    assert state["model.codebook.bank"].shape == (8, 64)  # 64: the narrow trunk's features (debug=tiny)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import QUIET_TRAINER, TINY_DATA, compose_config
+from conftest import TINY, compose_config
 from fixtures_segmenters import deeplab_nodes
 from vwl_lightning.data.label_png import read_label_png, write_label_png
 from vwl_lightning.data.meta import voc_palette
@@ -216,7 +216,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Simple
     """One tiny segmenter run (1 epoch, flip + 2 scales at test time, CRF on), shared by several tests."""
     root = tmp_path_factory.mktemp("segmenter")
     run = root / "run"
-    cfg = compose_config([*TINY_DATA, *QUIET_TRAINER, *TINY_NET, "segmenter.max_epochs=1",
+    cfg = compose_config([TINY, *TINY_NET,
                           f"segmenter.pseudo_dir={root}/pseudo", "segmenter.eval.scales=[1.0,0.75]"], run, cache_dir)
     data = resolve_data(OmegaConf.to_container(cfg.data.source, resolve=True))
     make_pseudo_folder(data, root / "pseudo")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUIET_TRAINER, TINY_DATA
+from conftest import TINY
 from fixtures_models import kind_of
 from vwl_lightning.evaluation.reports import TIMINGS
 from vwl_lightning.stages.config_checks import validate_config
@@ -70,8 +70,7 @@ def test_seed_miou_against_val_map_correlation() -> None:
 
 def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: Path, capsys) -> None:
     out = tmp_path / "ablation"
-    overrides = [*TINY_DATA, *QUIET_TRAINER, f"paths.cache_dir={cache_dir}", "model.max_epochs=1",
-                 "model.codebook.size=8", "cam.scales=[1.0]", "pseudo.num_workers=0"]
+    overrides = [TINY, f"paths.cache_dir={cache_dir}", "model.codebook.size=8", "cam.scales=[1.0]"]
     assert main(["--seeds", "1", "2", "--out", str(out), "--variants", "plain CAM", "VWL-L + hybrid pooling", "--",
                  *overrides]) == 0
     blob = json.loads((out / "ablation.json").read_text())
@@ -118,9 +117,8 @@ def test_irn_masks_for_the_named_variants(tmp_path: Path, cache_dir: Path) -> No
     """``--irn VARIANT``: IRN pseudo masks from that variant's CAMs in ``<run>/irn_run``, their mIoU in the row
     and the table (the manifest's), IRN's stage time in the run's compute; a variant not named has none."""
     out = tmp_path / "ablation"
-    overrides = [*TINY_DATA, *QUIET_TRAINER, f"paths.cache_dir={cache_dir}", "model.max_epochs=1",
-                 "model.backbone.model_kwargs.channels=[8,16,32,64]", "cam.scales=[1.0]", "cam.num_workers=0",
-                 "pseudo.num_workers=0", "irn=synthetic", "irn.max_epochs=1", "irn.batch_size=8", "irn.crop_size=64",
+    overrides = [TINY, f"paths.cache_dir={cache_dir}", "cam.scales=[1.0]", "irn=synthetic", "irn.max_epochs=1",
+                 "irn.batch_size=8", "irn.crop_size=64",
                  "irn.radius=5", "irn.walk.exp_times=5"]
     assert main(["--seeds", "1", "--out", str(out), "--variants", "plain CAM", "+ hybrid pooling",
                  "--irn", "plain CAM", "--", *overrides]) == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QUIET_TRAINER, TINY_DATA
+from conftest import TINY
 from vwl_lightning.errors import ConfigError
 from vwl_lightning.studies.ablation import MEASURES, MECHANISM, slug
 from vwl_lightning.studies.dials import (
@@ -90,8 +90,7 @@ def test_written_table_equals_the_runs_given(tmp_path: Path) -> None:
 
 
 def _tiny_args(out: Path, cache_dir: Path) -> list[str]:
-    overrides = [*TINY_DATA, *QUIET_TRAINER, f"paths.cache_dir={cache_dir}", "model.max_epochs=1",
-                 "cam.scales=[1.0]", "pseudo.num_workers=0"]
+    overrides = [TINY, f"paths.cache_dir={cache_dir}", "cam.scales=[1.0]"]
     return ["--sharing", "1.0", "0.5", "--cooccurrence", "0.8", "--seeds", "1", "--no-extra-seed",
             "--methods", "plain CAM", "+ hybrid pooling", "--out", str(out), "--", *overrides]
 

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-from vwl_lightning.stages.pipeline import run_stages
-
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "explore_cams.ipynb"
 
 
-def test_explore_notebook_executes_against_a_tiny_run(make_config, tmp_path: Path, monkeypatch) -> None:
-    cfg = make_config("model.max_epochs=1", "model.codebook.size=8", "cam.scales=[1.0]", "pseudo.num_workers=0")
-    run_stages(cfg, ("classifier", "cams", "seeds", "pseudo"))
-    monkeypatch.setenv("VWL_RUN_DIR", str(cfg.run_dir))
+def test_explore_notebook_executes_against_a_tiny_run(tiny_pipeline, tmp_path: Path, monkeypatch) -> None:
+    run_dir = tmp_path / "run"  # the session's tiny run without its segmenter
+    shutil.copytree(tiny_pipeline.run_dir, run_dir)
+    shutil.rmtree(run_dir / "segmenter")
+    monkeypatch.setenv("VWL_RUN_DIR", str(run_dir))
     monkeypatch.setenv("VWL_NUM_EXAMPLES", "3")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",

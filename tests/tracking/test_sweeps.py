@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import QUIET_TRAINER, TINY_DATA
-
-SHORT = [*TINY_DATA, *QUIET_TRAINER, "model.max_epochs=1", "model.backbone.model_kwargs.channels=[8,16,32,64]",
-         "cam.scales=[1.0]", "cam.num_workers=0", "pipeline=[classifier,cams,seeds]"]
+SHORT = ["debug=tiny", "cam.scales=[1.0]", "pipeline=[classifier,cams,seeds]"]
 
 
 def run_cli(args: list[str], tmp_path: Path, cache_dir: Path) -> subprocess.CompletedProcess:

@@ -7,6 +7,8 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from vwl_lightning.errors import DataError
 from vwl_lightning.utils import distributed
 
@@ -44,6 +46,7 @@ def test_without_a_process_group_everything_is_one_share() -> None:
     assert str(distributed.collective_device()) == "cpu"
 
 
+@pytest.mark.integration  # not in the unit tier: 2 spawned processes
 def test_two_ranks_share_rank_zeros_list_and_raise_its_error(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     procs = [context.Process(target=_worker, args=(r, 2, str(tmp_path))) for r in range(2)]

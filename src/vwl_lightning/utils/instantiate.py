@@ -88,6 +88,9 @@ def _plain(node: Any) -> Any:
 
 
 def _target_of(node: Mapping[str, Any], key: str) -> Any:
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise ConfigError(f"{key}={node!r}: expected a node with a _target_ (a config group option, e.g. "
+                          f"{key.replace('.', '/')}=...)")
     try:
         return _locate(str(node["_target_"]))  # hydra's own lookup, without its error log
     except Exception:  # noqa: BLE001 - any import failure: the target is not a known object
