@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 
 from bench.common import compose_cfg  # noqa: E402
-from vwl_lightning.modules.emanet import emanet_loss, emanet_param_groups  # noqa: E402
-from vwl_lightning.modules.optim import build_sgd  # noqa: E402
-from vwl_lightning.modules.segmenter import segmenter_param_groups  # noqa: E402
+from vwl_lightning.modules.optim import make_optimizer  # noqa: E402
 from vwl_lightning.stages.train_segmenter import build_module  # noqa: E402
+from vwl_lightning.utils.instantiate import build  # noqa: E402
 
 
 def contenders(work: Path) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, object]]:
@@ -35,21 +34,16 @@ def contenders(work: Path) -> dict[str, tuple[torch.nn.Module, torch.optim.Optim
         cfg = compose_cfg([f"segmenter={group}", "segmenter.backbone_init=null", f"paths.cache_dir={work}"],
                           work / name)
         module = build_module(cfg, 21, [str(i) for i in range(21)]).train()
-        o = cfg.segmenter.optim
         if name == "EMANet":
-            groups = emanet_param_groups(module.model, float(o.bias_lr_mult))
-
             def step(m, images, masks):
                 logits, mu = m.model.outputs(m._prepare(images))
                 m.model.update_bases(mu)
-                return emanet_loss(logits, masks, m.loss_normalise)
+                return m.loss(logits, masks)
         else:
-            groups = segmenter_param_groups(module.model, str(o.lr_grouping), dict(o.lr_mults),
-                                            float(o.aspp_bias_weight_decay))
-
             def step(m, images, masks):
                 return m.compute_loss(images, masks)
-        optimizer = build_sgd(groups, lr=float(o.lr), momentum=float(o.momentum), weight_decay=float(o.weight_decay))
+        # each module's own parameter groups and the config's optimiser (segmenter.groups, segmenter.optimizer)
+        optimizer = make_optimizer(build(module.hparams.optimizer, "segmenter.optimizer"), module.groups(module.model))
         out[name] = (module, optimizer, step)
     return out
 

@@ -20,10 +20,9 @@ from omegaconf import OmegaConf
 from bench.common import compose_cfg
 from vwl_lightning.data.source import resolve_data
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
-from vwl_lightning.modules.emanet import emanet_loss, emanet_param_groups
-from vwl_lightning.modules.optim import build_sgd
-from vwl_lightning.modules.segmenter import segmenter_param_groups
+from vwl_lightning.modules.optim import make_optimizer
 from vwl_lightning.stages.train_segmenter import build_datamodule, build_module
+from vwl_lightning.utils.instantiate import build
 
 # the tiny data of conf/debug/tiny.yaml with the embedded benchmark's classifier width (conf/model/synthetic.yaml,
 # which DeepLabV2's trunk follows), as measured for BENCHMARKS.md
@@ -40,18 +39,16 @@ def main(masks: Path, cache: Path, steps: int = 40) -> None:
         datamodule.setup()
         batch = next(iter(torch.utils.data.DataLoader(datamodule.train_set, batch_size=8)))
         module = build_module(cfg, data.meta.num_classes, list(data.meta.class_names)).train()
-        o = cfg.segmenter.optim
         emanet = group.startswith("emanet")
-        groups = (emanet_param_groups(module.model) if emanet
-                  else segmenter_param_groups(module.model, "corrected", dict(o.lr_mults), 0.0))
-        optimizer = build_sgd(groups, lr=float(o.lr), momentum=0.9, weight_decay=1e-4)
+        sgd = {**module.hparams.optimizer, "momentum": 0.9, "weight_decay": 1e-4}  # the config's lr
+        optimizer = make_optimizer(build(sgd, "segmenter.optimizer"), module.groups(module.model))
         start = time.time()
         for step in range(steps):
             optimizer.zero_grad()
             if emanet:
                 logits, mu = module.model.outputs(batch["image"])
                 module.model.update_bases(mu)
-                loss = emanet_loss(logits, batch["mask"])
+                loss = module.loss(logits, batch["mask"])
             else:
                 loss = module.compute_loss(batch["image"], batch["mask"])
             loss.backward()
