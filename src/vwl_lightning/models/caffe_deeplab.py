@@ -196,7 +196,7 @@ def load_caffe_deeplab(model: nn.Module, path: str | Path, init_std: float = 0.0
     ``model.backbone`` receives every trunk tensor (float32; conv1 flipped BGR → RGB), ``model.aspp`` is
     initialised N(0, init_std²) / 0.  Raises DataError naming the file and the first offending key.
     """
-    from vwl_lightning.models.backbone import load_state_dict_file, sha256_of
+    from vwl_lightning.models.weight_files import load_state_dict_file, sha256_of
 
     path = Path(path).expanduser()
     raw = load_state_dict_file(path)  # weights_only=True

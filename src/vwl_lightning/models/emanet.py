@@ -302,7 +302,7 @@ def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
     ``fc.*`` is ignored; the only trunk tensors allowed to be missing are ``num_batches_tracked`` (they stay
     0); anything else missing, unexpected or of another shape is a DataError naming the file and the key.
     Returns and logs the counts with the file's SHA-256."""
-    from vwl_lightning.models.backbone import load_state_dict_file, sha256_of, strip_key_prefix
+    from vwl_lightning.models.weight_files import load_state_dict_file, sha256_of, strip_key_prefix
 
     path = Path(path).expanduser()
     state = strip_key_prefix(load_state_dict_file(path), "module.")
@@ -342,7 +342,7 @@ def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
 def load_emanet_checkpoint(model: EMANet, path: str | Path) -> int:
     """Load an official ``{'net': state_dict, 'step': int}`` file (or a bare state dict), strict, with
     ``weights_only=True``; returns the step (−1 when absent)."""
-    from vwl_lightning.models.backbone import sha256_of, strip_key_prefix
+    from vwl_lightning.models.weight_files import sha256_of, strip_key_prefix
 
     path = Path(path).expanduser()
     if not path.is_file():

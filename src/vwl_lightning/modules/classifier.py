@@ -195,7 +195,7 @@ def load_classifier_trunk(trunk: torch.nn.Module, source: str | Path, keys: tupl
     weights); every tensor of ``trunk`` must be found with the same shape (DataError naming ``keys``, e.g.
     :data:`SEGMENTER_TRUNK`, otherwise).  Returns the checkpoint path.
     """
-    from vwl_lightning.models.backbone import load_state_dict_file, strip_key_prefix
+    from vwl_lightning.models.weight_files import load_state_dict_file, strip_key_prefix
     from vwl_lightning.utils.manifest import read_manifest
 
     key, group, fallback = keys

@@ -289,7 +289,7 @@ def load_init_checkpoint(model: DeepLabV2, path: str) -> None:
     """Initialise from a DeepLabV2 state dict in this package's key layout (``backbone.*``, ``aspp.*``;
     a Lightning checkpoint's ``model.`` prefix is stripped).  ASPP tensors whose shape differs (another
     number of classes) are skipped; every backbone tensor must match."""
-    from vwl_lightning.models.backbone import load_state_dict_file, strip_key_prefix
+    from vwl_lightning.models.weight_files import load_state_dict_file, strip_key_prefix
 
     state = strip_key_prefix(load_state_dict_file(path), "model.")
     own = model.state_dict()

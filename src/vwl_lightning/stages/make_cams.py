@@ -31,7 +31,7 @@ from vwl_lightning.cam.inputs import CamDataModule, check_resize
 from vwl_lightning.cam.writer import DTYPES, CamFileWriter
 from vwl_lightning.data.source import ResolvedData, resolve_data
 from vwl_lightning.errors import ConfigError, DataError
-from vwl_lightning.models.backbone import sha256_of
+from vwl_lightning.models.weight_files import sha256_of
 from vwl_lightning.modules.cam_predictor import CamPredictor
 from vwl_lightning.modules.classifier import load_classifier
 from vwl_lightning.utils.io import read_json, write_json_atomic
