@@ -371,3 +371,13 @@ def test_msc_output_at_321_equals_the_official_formula() -> None:
         official_max = torch.maximum(outs[0], torch.maximum(*ups))
         torch.testing.assert_close(outs[3], official_max, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(model(x), official_max, rtol=1e-4, atol=1e-6)
+
+
+def test_the_two_rules_agree_where_the_sizes_are_whole() -> None:
+    """The embedded benchmark's 112 px crops and val images at MSC's and the test-time scales: H·s is whole, so
+    the former rule gave the very same tensors (docs/studies/segmenter.md); 113 px does not."""
+    x = torch.rand(2, 3, 112, 112)
+    for scale in (0.5, 0.75, 1.25, 1.5):
+        assert torch.equal(resize_by_scale(x, scale), resize_by_scale(x, scale, "rounded_size"))
+    odd = torch.rand(1, 3, 113, 113)
+    assert not torch.equal(resize_by_scale(odd, 0.5), resize_by_scale(odd, 0.5, "rounded_size"))
