@@ -42,7 +42,8 @@ def build_deeplab(num_classes: int, backbone: dict, aspp: dict, msc: dict) -> De
     """DeepLabV2 as :class:`SegmenterModule` puts it together."""
     trunk = build(deeplab_trunk(backbone), "segmenter.backbone")
     head = build({"_target_": ASPP, **aspp}, "segmenter.aspp", in_channels=trunk.out_channels, num_classes=num_classes)
-    return DeepLabV2(trunk, head, build({"_target_": MSC, **msc}, "segmenter.msc").scales)
+    inputs = build({"_target_": MSC, **msc}, "segmenter.msc")
+    return DeepLabV2(trunk, head, inputs.scales, inputs.resize)
 
 
 def emanet_nodes(backbone: dict, head: dict, normalise: str = "pixels", optimizer: dict | None = None,

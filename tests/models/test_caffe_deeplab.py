@@ -27,7 +27,7 @@ from vwl_lightning.models.caffe_deeplab import (
     load_caffe_deeplab,
     torchvision_to_caffe,
 )
-from vwl_lightning.models.deeplab import ASPP, DeepLabV2
+from vwl_lightning.models.deeplab import ASPP, DeepLabV2, resize_by_scale
 from vwl_lightning.models.dilated_resnet import block_dilations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -310,3 +310,74 @@ def test_msc_returns_four_maps_and_eval_fuses_by_max() -> None:
         assert [tuple(o.shape[-2:]) for o in outs] == [(9, 9), (5, 5), (7, 7), (9, 9)]
         ups = [F.interpolate(o, size=(9, 9), mode="bilinear", align_corners=False) for o in outs[1:3]]
         torch.testing.assert_close(model(x), torch.maximum(outs[0], torch.maximum(*ups)))
+
+
+def official_msc_resize(x: np.ndarray, scale: float) -> np.ndarray:
+    """The official MSC's input resize, ``F.interpolate(x, scale_factor=s, mode="bilinear",
+    align_corners=False)`` (deeplab-pytorch ``libs/models/msc.py``), written out in float64 from PyTorch's rule
+    for a given, not recomputed, scale factor: the output is ``floor(n·s)`` pixels, output pixel i reads the
+    source at ``(i + 0.5)/s − 0.5`` clamped below at 0, between pixels ``floor`` and ``floor + 1`` (the last
+    pixel repeated)."""
+
+    def axis(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(int(np.floor(n * scale))) + 0.5) / scale - 0.5, 0.0)
+        low = np.floor(src).astype(int)
+        high = np.minimum(low + 1, n - 1)
+        return low, high, src - low
+
+    y0, y1, wy = axis(x.shape[-2])
+    x0, x1, wx = axis(x.shape[-1])
+    rows = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
+    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+def test_msc_branches_at_321_have_the_official_sizes_and_grid() -> None:
+    """321 → 160² and 240² (not 241²), sampled on the official grid (0.5: source 2i + 0.5, not 321/160·(i + 0.5)
+    − 0.5).  Tolerance: PyTorch works out the source coordinate in float32 (1/0.75 is not exact, and near 320
+    the coordinate's ulp is 3e-5), so with pixels in [0, 1) a weight error of ~4e-5 is float rounding; the
+    former rule is off by > 0.3."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 321, 321)
+    for scale, side in ((0.5, 160), (0.75, 240)):
+        ours = resize_by_scale(x, scale)
+        assert tuple(ours.shape[-2:]) == (side, side)
+        official = official_msc_resize(x.double().numpy(), scale)
+        np.testing.assert_allclose(ours.double().numpy(), official, rtol=0, atol=1e-4)
+        former = resize_by_scale(x, scale, "rounded_size").double().numpy()
+        assert np.abs(former[..., :side, :side] - official).max() > 0.3
+    assert tuple(resize_by_scale(x, 0.75, "rounded_size").shape[-2:]) == (241, 241)
+    assert tuple(resize_by_scale(x, 0.5, "rounded_size").shape[-2:]) == (160, 160)  # same size, another grid
+
+
+def test_msc_output_at_321_equals_the_official_formula() -> None:
+    """The network's MSC outputs are the official MSC's: bit for bit the official call (same trunk and ASPP on
+    ``F.interpolate(x, scale_factor=s)``), and to float rounding the float64 formula above (measured 9e-8 on
+    logits of size ~0.01)."""
+    torch.manual_seed(0)
+    model = build_deeplab(5, {"name": "caffe_resnet101", "pretrained": "none", "model_kwargs": SMALL},
+                          {"rates": [6, 12, 18, 24]}, {"enabled": True, "scales": [0.5, 0.75]}).eval()
+    x = torch.rand(1, 3, 321, 321)
+    with torch.no_grad():
+        outs = model.outputs(x)
+        assert [tuple(o.shape[-2:]) for o in outs] == [(41, 41), (21, 21), (31, 31), (41, 41)]
+        for ours, scale in zip(outs[1:3], (0.5, 0.75), strict=True):
+            call = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+            assert torch.equal(ours, model.single_scale(call))
+        branches = [model.single_scale(torch.from_numpy(official_msc_resize(x.double().numpy(), s)).float())
+                    for s in (0.5, 0.75)]
+        for ours, official in zip(outs[1:3], branches, strict=True):
+            torch.testing.assert_close(ours, official, rtol=1e-4, atol=1e-6)
+        ups = [F.interpolate(b, size=(41, 41), mode="bilinear", align_corners=False) for b in branches]
+        official_max = torch.maximum(outs[0], torch.maximum(*ups))
+        torch.testing.assert_close(outs[3], official_max, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(model(x), official_max, rtol=1e-4, atol=1e-6)
+
+
+def test_the_two_rules_agree_where_the_sizes_are_whole() -> None:
+    """The embedded benchmark's 112 px crops and val images at MSC's and the test-time scales: H·s is whole, so
+    the former rule gave the very same tensors (docs/studies/segmenter.md); 113 px does not."""
+    x = torch.rand(2, 3, 112, 112)
+    for scale in (0.5, 0.75, 1.25, 1.5):
+        assert torch.equal(resize_by_scale(x, scale), resize_by_scale(x, scale, "rounded_size"))
+    odd = torch.rand(1, 3, 113, 113)
+    assert not torch.equal(resize_by_scale(odd, 0.5), resize_by_scale(odd, 0.5, "rounded_size"))

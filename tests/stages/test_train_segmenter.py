@@ -120,6 +120,7 @@ def test_configs_compose_and_build(make_config) -> None:
     assert list(s.train_transform.scales) == [0.5, 0.75, 1.0, 1.25, 1.5]
     module = build_module(voc, 21, [str(i) for i in range(21)])
     assert module.model.msc_scales == (0.5, 0.75) and module.model.backbone.name == "resnet101"
+    assert s.msc.resize == "scale_factor" and module.model.msc_resize == "scale_factor"  # the official MSC's
     norms = [m for m in module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and not any(p.requires_grad for m in norms for p in m.parameters())  # DeepLab: BN frozen
     with pytest.raises(ConfigError, match=r"^segmenter\.groups\.lr_grouping='conv8': expected one of"):
@@ -403,6 +404,7 @@ def test_segmenter_builder_rejects_bad_settings() -> None:
     ("segmenter.aspp.init_std=0", "segmenter.aspp.init_std=0: expected a number > 0"),
     ("segmenter.msc.enabled=true", None),
     ("segmenter.msc.scales=[-0.5]", "segmenter.msc.scales=[-0.5]: expected a non-empty list of positive numbers"),
+    ("segmenter.msc.resize=size", "segmenter.msc.resize='size': expected one of scale_factor, rounded_size"),
     ("segmenter.loss.resolution=pixels", "segmenter.loss.resolution='pixels': expected one of labels, logits"),
     ("segmenter.scheduler.power=-1", "segmenter.scheduler.power=-1: expected a number >= 0"),
     ("segmenter.groups.lr_mults.aspp_bias=0", "segmenter.groups.lr_mults.aspp_bias=0: expected a number > 0"),

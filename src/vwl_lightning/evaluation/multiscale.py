@@ -3,7 +3,10 @@
 For every scale s of ``scales`` the image is resized by s (bilinear), run through the network together with
 its mirror image when ``flip``, the logits are resized back to the image size (bilinear) and un-mirrored, and
 the set is fused by ``fusion`` (element-wise ``max`` or ``mean``); P = softmax(fused logits), prediction =
-argmax P.  (MSC, when on, acts inside the network.)  Used by the segmenter stage's evaluation
+argmax P.  (MSC, when on, acts inside the network.)  The resize by s is the one of the training MSC
+(:func:`~vwl_lightning.models.deeplab.resize_by_scale`, ``scale_factor``: size ``floor(H·s) × floor(W·s)``,
+grid by s itself, as the official deeplab-pytorch MSC); no official code exists for this test-time loop
+(spec §7).  Used by the segmenter stage's evaluation
 (:mod:`vwl_lightning.stages.train_segmenter`) and by prediction on your own images
 (:mod:`vwl_lightning.inference.predict`).
 """
@@ -15,6 +18,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from vwl_lightning.models.deeplab import resize_by_scale
 
 
 class LogitsModel(Protocol):
@@ -31,11 +36,7 @@ def predict_probs(module: LogitsModel, images: torch.Tensor, scales: Sequence[fl
     batch = images.shape[0]
     collected: list[torch.Tensor] = []
     for scale in scales:
-        if scale == 1.0:
-            scaled = images
-        else:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        scaled = images if scale == 1.0 else resize_by_scale(images, scale)
         if flip:
             scaled = torch.cat([scaled, scaled.flip(-1)], dim=0)
         logits = module.predict_logits(scaled)

@@ -9,7 +9,11 @@
   through the same network; the outputs are resized (bilinear) to the size of the full-scale output and
   fused by an element-wise **max**: ``logits_max = max(l_1, up(l_0.5), up(l_0.75))``.  In training the
   loss is averaged over ``[l_1, l_0.5, l_0.75, logits_max]`` (each at its own resolution, see
-  :meth:`DeepLabV2.outputs`); at test time only ``logits_max`` is used.
+  :meth:`DeepLabV2.outputs`); at test time only ``logits_max`` is used.  ``x_s`` is made as the official
+  deeplab-pytorch MSC makes it (:func:`resize_by_scale`): ``F.interpolate(x, scale_factor=s)``, bilinear,
+  align_corners=False, so its size is ``floor(H·s) × floor(W·s)`` (321 → 160 and 240) and the sampling grid
+  uses s itself (source coordinate ``(i + 0.5)/s − 0.5``).  ``MSC.resize=rounded_size`` keeps the former rule
+  (``size=round(H·s)``, grid ``H/round(H·s)``) for before/after comparisons only.
 
 Config (``segmenter.backbone`` / ``segmenter.aspp`` / ``segmenter.msc``, conf/segmenter/deeplabv2.yaml): the
 trunk, :class:`ASPP` and :class:`MSC` are ``_target_`` nodes built by the module
@@ -25,10 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from vwl_lightning.models.caffe_deeplab import CaffeResNet, load_caffe_deeplab
-from vwl_lightning.utils.instantiate import ArgumentError, require_int_list, require_number, require_positive_list
+from vwl_lightning.utils.instantiate import (
+    ArgumentError,
+    require_choice,
+    require_int_list,
+    require_number,
+    require_positive_list,
+)
 
 ASPP_RATES = (6, 12, 18, 24)
 MSC_SCALES = (0.5, 0.75)
+MSC_RESIZES = ("scale_factor", "rounded_size")
 OUTPUT_STRIDES = (8, 16)
 
 
@@ -74,23 +85,48 @@ class ASPP(nn.Module):
         return out
 
 
+def resize_by_scale(images: torch.Tensor, scale: float, rule: str = "scale_factor") -> torch.Tensor:
+    """``images`` resized by ``scale`` (bilinear, align_corners=False), by one of :data:`MSC_RESIZES`.
+
+    * ``scale_factor`` (the official deeplab-pytorch MSC, ``libs/models/msc.py``):
+      ``F.interpolate(x, scale_factor=s)`` with ``recompute_scale_factor`` left at its default, so the output
+      is ``floor(H·s) × floor(W·s)`` and output pixel i samples the source at ``(i + 0.5)/s − 0.5`` (clamped).
+    * ``rounded_size`` (this package before issue 31): ``size=(round(H·s), round(W·s))`` (at least 1), sampled
+      at ``(i + 0.5)·H/round(H·s) − 0.5``.  Kept only to measure the difference.
+
+    Both give the same tensor whenever ``H·s`` and ``W·s`` are whole numbers (e.g. 112-pixel images at
+    0.5 / 0.75 / 1.25 / 1.5).
+    """
+    require_choice("resize", rule, MSC_RESIZES)
+    if rule == "scale_factor":
+        return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 class MSC:
     """Multi-scale inputs (spec §7): the extra input scales of :meth:`DeepLabV2.outputs`.
 
     Args:
         enabled: MSC on (spec §7) or off (one input scale).
         scales: the extra input scales (spec: 0.5, 0.75).
+        resize: how each input is resized (:func:`resize_by_scale`): ``scale_factor`` (the official code) |
+            ``rounded_size`` (the former rule, for before/after comparisons).
     """
 
-    def __init__(self, enabled: bool = True, scales: Sequence[float] = MSC_SCALES) -> None:
-        self.check_arguments(enabled, scales)
+    def __init__(self, enabled: bool = True, scales: Sequence[float] = MSC_SCALES,
+                 resize: str = "scale_factor") -> None:
+        self.check_arguments(enabled, scales, resize)
         self.scales: tuple[float, ...] = tuple(float(s) for s in scales) if enabled else ()
+        self.resize = resize
 
     @classmethod
-    def check_arguments(cls, enabled: bool, scales: Sequence[float]) -> None:
+    def check_arguments(cls, enabled: bool, scales: Sequence[float], resize: str = "scale_factor") -> None:
         if not isinstance(enabled, bool):
             raise ArgumentError("enabled", enabled, "true or false")
         require_positive_list("scales", list(scales) if isinstance(scales, tuple) else scales)
+        require_choice("resize", resize, MSC_RESIZES)
 
 
 class DeepLabV2(nn.Module):
@@ -101,12 +137,14 @@ class DeepLabV2(nn.Module):
             :class:`~vwl_lightning.models.caffe_deeplab.CaffeResNet`) at output stride 8 or 16.
         aspp: the :class:`ASPP` head over ``backbone.out_channels``.
         msc_scales: extra input scales of MSC (spec: 0.5, 0.75); empty turns MSC off.
+        msc_resize: how MSC resizes the input (:func:`resize_by_scale`; default: the official ``scale_factor``).
 
     A :class:`CaffeResNet` with a weight file is loaded here, after the ASPP exists: the caffe DeepLab file
     initialises the trunk and re-initialises the ASPP (spec §12.4, :func:`load_caffe_deeplab`).
     """
 
-    def __init__(self, backbone: nn.Module, aspp: ASPP, msc_scales: Sequence[float] = ()) -> None:
+    def __init__(self, backbone: nn.Module, aspp: ASPP, msc_scales: Sequence[float] = (),
+                 msc_resize: str = "scale_factor") -> None:
         super().__init__()
         output_stride = getattr(backbone, "output_stride", None)
         if output_stride not in OUTPUT_STRIDES:
@@ -115,6 +153,8 @@ class DeepLabV2(nn.Module):
         self.aspp = aspp
         self.num_classes = aspp.branches[0].out_channels
         self.msc_scales = tuple(float(s) for s in msc_scales)
+        require_choice("msc_resize", msc_resize, MSC_RESIZES)
+        self.msc_resize = msc_resize
         if isinstance(backbone, CaffeResNet) and backbone.weights_to_load:
             load_caffe_deeplab(self, backbone.weights_to_load, init_std=aspp.init_std)
 
@@ -130,18 +170,13 @@ class DeepLabV2(nn.Module):
         """Every output the training loss averages over.
 
         Without MSC: ``[l_1]``.  With MSC: ``[l_1, l_s1, l_s2, ..., max(l_1, up(l_s1), ...)]`` where ``l_s``
-        are the logits of the input resized by ``s`` (bilinear) at their own resolution and ``up`` resizes
-        them to the size of ``l_1``.
+        are the logits of the input resized by ``s`` (:func:`resize_by_scale`, bilinear) at their own
+        resolution and ``up`` resizes them (bilinear, to a size) to the size of ``l_1``.
         """
         full = self.single_scale(images)
         if not self.msc_scales:
             return [full]
-        height, width = images.shape[-2:]
-        pyramid = []
-        for scale in self.msc_scales:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            pyramid.append(self.single_scale(scaled))
+        pyramid = [self.single_scale(resize_by_scale(images, scale, self.msc_resize)) for scale in self.msc_scales]
         resized = [F.interpolate(p, size=full.shape[-2:], mode="bilinear", align_corners=False) for p in pyramid]
         fused = torch.stack([full, *resized]).amax(dim=0)
         return [full, *pyramid, fused]

@@ -41,7 +41,7 @@ from vwl_lightning.data.meta import IGNORE_INDEX
 from vwl_lightning.errors import ConfigError, DataError
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 from vwl_lightning.models.backbone import Backbone
-from vwl_lightning.models.deeplab import OUTPUT_STRIDES, DeepLabV2
+from vwl_lightning.models.deeplab import MSC, OUTPUT_STRIDES, DeepLabV2
 from vwl_lightning.modules.classifier import SEGMENTER_TRUNK, load_classifier_trunk
 from vwl_lightning.modules.optim import check_module_nodes, make_optimizer, trainable
 from vwl_lightning.utils.instantiate import (
@@ -222,7 +222,8 @@ class SegmenterModule(pl.LightningModule):
         trunk = build(backbone, "segmenter.backbone")
         head = build(aspp, "segmenter.aspp", in_channels=trunk.out_channels, num_classes=num_classes)
         try:
-            self.model = DeepLabV2(trunk, head, build(msc, "segmenter.msc").scales)
+            inputs: MSC = build(msc, "segmenter.msc")
+            self.model = DeepLabV2(trunk, head, inputs.scales, inputs.resize)
         except ArgumentError as exc:
             raise exc.at("segmenter.backbone") from None
         if backbone_init:
