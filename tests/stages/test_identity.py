@@ -19,6 +19,8 @@ from vwl_lightning.errors import ConfigError
 from vwl_lightning.stages.evaluate_seeds import evaluate_seeds, sweep_scores
 from vwl_lightning.stages.identity import (
     IDENTITY,
+    NOT_IDENTITY,
+    check_stage_folder,
     differences,
     fingerprint_of,
     stage_identity,
@@ -89,30 +91,38 @@ def test_irn_settings_count_only_when_the_pseudo_stage_runs_irn(make_config) -> 
     assert default["settings"]["irn.backbone.name"] == "tf_efficientnet_lite0" and set(default["upstream"]) == {"cams"}
 
 
-def test_a_later_key_counts_only_away_from_its_default(make_config) -> None:
-    """cam.fold_batchnorm (added after the first fingerprints): absent from the CAM settings at its default,
-    so earlier CAM folders keep their fingerprint; set, it changes the fingerprint."""
-    plain = stage_identity("cams", make_config())
-    assert "cam.fold_batchnorm" not in plain["settings"]
-    assert stage_identity("cams", make_config("cam.fold_batchnorm=false"))["fingerprint"] == plain["fingerprint"]
-    folded = stage_identity("cams", make_config("cam.fold_batchnorm=true"))
-    assert folded["settings"]["cam.fold_batchnorm"] is True and folded["fingerprint"] != plain["fingerprint"]
+def test_every_setting_counts_but_the_listed_ones(make_config) -> None:
+    """The fingerprint is made of the stage's whole config groups: a key nobody listed (cam.fold_batchnorm,
+    trainer.limit_train_batches, model.backbone.input_scale) changes it at any value; the keys of NOT_IDENTITY
+    (worker counts, progress display, devices) never do."""
+    plain = {stage: stage_identity(stage, make_config()) for stage in ("classifier", "cams")}
+    assert plain["cams"]["settings"]["cam.fold_batchnorm"] is False
+    for stage, override in (("cams", "cam.fold_batchnorm=true"), ("classifier", "trainer.limit_train_batches=0.5"),
+                            ("classifier", "model.backbone.input_scale=2.0"), ("classifier", "seed=2"),
+                            ("classifier", "model.scheduler.power=1.0")):
+        assert stage_identity(stage, make_config(override))["fingerprint"] != plain[stage]["fingerprint"], override
+    for stage, override in (("cams", "cam.num_workers=1"), ("classifier", "trainer.enable_progress_bar=true"),
+                            ("classifier", "trainer.devices=2"), ("classifier", "data.num_workers=3"),
+                            ("classifier", "model.checkpoint_every_n_steps=5")):
+        assert stage_identity(stage, make_config(override))["fingerprint"] == plain[stage]["fingerprint"], override
+    assert not any(key.startswith(NOT_IDENTITY) for key in plain["classifier"]["settings"])
 
 
-def test_the_backbone_input_scale_counts_only_away_from_its_default(make_config) -> None:
-    """model.backbone.input_scale (added later): the classifier's fingerprint is unchanged at 1, changed at 2;
-    IRN's copy of the classifier trunk (irn=synthetic) never enters a CRF pseudo-mask fingerprint."""
-    plain = stage_identity("classifier", make_config())
-    assert not any("input_scale" in key for key in plain["settings"])
-    assert stage_identity("classifier", make_config("model.backbone.input_scale=1.0"))["fingerprint"] == \
-        plain["fingerprint"]
-    scaled = stage_identity("classifier", make_config("model.backbone.input_scale=2.0"))
-    assert scaled["settings"]["model.backbone.input_scale"] == 2.0 and scaled["fingerprint"] != plain["fingerprint"]
-    crf = stage_identity("pseudo", make_config("irn=synthetic"))
-    assert stage_identity("pseudo", make_config("irn=synthetic", "model.backbone.input_scale=2.0"))["settings"] == \
-        crf["settings"]
-    irn = stage_identity("pseudo", make_config("pseudo.mode=irn", "irn=synthetic"))
-    assert "irn.backbone.input_scale" not in irn["settings"] and "irn.backbone.name" in irn["settings"]
+def test_a_folder_of_an_older_fingerprint_version_is_refused_in_one_line(make_config, tmp_path: Path) -> None:
+    """A stage folder whose identity.json has no version (or another) is refused naming the version, never
+    compared key by key; recompute clears it."""
+    identity = stage_identity("seeds", make_config())
+    folder = tmp_path / "seeds"
+    folder.mkdir()
+    old = {k: v for k, v in identity.items() if k != "version"}
+    (folder / "identity.json").write_text(json.dumps({**old, "fingerprint": "0123456789abcdef"}))
+    (folder / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"stage seeds there was recorded by an older vwl_lightning \(fingerprint "
+                                          r"version 1, now 2\); use a new run folder, or add recompute=\[seeds\]"):
+        check_stage_folder("seeds", folder, identity, recompute=False)
+    assert check_stage_folder("seeds", folder, identity, recompute=["seeds"]) == "redo"
+    assert not (folder / "metrics.json").exists()
+    assert json.loads((folder / "identity.json").read_text())["version"] == 2
 
 
 def test_changed_override_is_refused_then_a_redone_upstream_redoes_the_seeds(first_run: SimpleNamespace,

@@ -70,7 +70,7 @@ def test_seed_miou_against_val_map_correlation() -> None:
 
 def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: Path, capsys) -> None:
     out = tmp_path / "ablation"
-    overrides = [TINY, f"paths.cache_dir={cache_dir}", "model.codebook.size=8", "cam.scales=[1.0]"]
+    overrides = [TINY, f"paths.cache_dir={cache_dir}", "cam.scales=[1.0]"]  # plain CAM has no codebook to size
     assert main(["--seeds", "1", "2", "--out", str(out), "--variants", "plain CAM", "VWL-L + hybrid pooling", "--",
                  *overrides]) == 0
     blob = json.loads((out / "ablation.json").read_text())
@@ -86,8 +86,8 @@ def test_ablation_runs_end_to_end_on_a_tiny_setting(tmp_path: Path, cache_dir: P
         assert (Path(run["run_dir"]) / "pseudo" / "manifest.json").is_file()
         if run["variant"] == "plain CAM":
             assert run["words_used"] is None
-        else:  # K = 8 words; at least one is the nearest somewhere
-            assert 1 <= run["words_used"] <= 8 and 1.0 <= run["word_perplexity"] <= run["words_used"] + 1e-9
+        else:  # K = 256 words (the default); at least one is the nearest somewhere
+            assert 1 <= run["words_used"] <= 256 and 1.0 <= run["word_perplexity"] <= run["words_used"] + 1e-9
     assert "| VWL-L + hybrid pooling |" in (out / "ablation.md").read_text().split("Codebook use")[1]
     vwl = [r["seed_miou_best"] for r in blob["runs"] if r["variant"] == "VWL-L + hybrid pooling"]
     assert blob["variants"]["VWL-L + hybrid pooling"]["seed_miou_best"]["mean"] == pytest.approx(np.mean(vwl))
