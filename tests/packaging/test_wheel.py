@@ -57,6 +57,9 @@ def test_installed_wheel_runs_help_and_composes(installed: tuple[Path, Path]) ->
     config = run_installed(root, "-m", "vwl_lightning", "--cfg", "job")
     assert config.returncode == 0, config.stderr
     assert "name: synthetic_vwl_l" in config.stdout and "pipeline:" in config.stdout
+    paper = run_installed(root, "-m", "vwl_lightning", "--cfg", "job", "+experiment=voc_vwl_l")
+    assert paper.returncode == 0, paper.stderr
+    assert "name: voc_vwl_l" in paper.stdout and "_target_: vwl_lightning.models.pooling.HybridPooling" in paper.stdout
 
 
 def test_installed_wheel_runs_the_default_pipeline_with_small_settings(installed: tuple[Path, Path]) -> None:
