@@ -117,7 +117,9 @@ def make_cams(cfg: DictConfig, data: ResolvedData | None = None) -> Path:
     log.info("cams: precision %s (cam.precision=%s)", precision, c.precision)
     trainer_args.update(precision=precision, logger=False, use_distributed_sampler=False,
                         default_root_dir=str(out_dir), enable_checkpointing=False)
-    for key in ("check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "log_every_n_steps"):
+    # the CAMs cover every image of the split: the training loop's settings and debug limits do not apply
+    for key in ("check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "log_every_n_steps",
+                "fast_dev_run", "overfit_batches", "limit_predict_batches", "limit_test_batches"):
         trainer_args.pop(key, None)
     writer = CamFileWriter(out_dir, c.dtype)
     trainer = pl.Trainer(**trainer_args, callbacks=[writer])
