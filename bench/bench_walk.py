@@ -2,9 +2,9 @@
 
 Grids: the stride-4 grids of a 500×375 image (94×125, n = 11,750) and a 512×512 image (128×128, n = 16,384),
 K = 3 classes, β = 10, exp_times = 8 (256 steps), radius 5, float32 on the CPU, one torch thread by default
-(``--threads``). The inputs are the same
-synthetic scene for both contenders: K Voronoi regions, boundary 0.9 on region borders and small noise
-elsewhere, CAMs = blurred region indicators plus noise, max-normalised per class.
+(``--threads``). The inputs are the same synthetic scene for both contenders: K Voronoi regions, boundary
+0.9 on region borders (``--edge``; 0.9999 mimics a saturated trained IRNet) and small noise elsewhere,
+CAMs = blurred region indicators plus noise, max-normalised per class.
 
 * **dense** (IRN's algorithm, written lean): the n×n affinity matrix ``A`` (scattered from the same pair
   affinities), ``S = A^∘β`` in place, ``T = S·diag(d)⁻¹``, ``T`` squared ``exp_times`` times, ``X₀·T^256``.
@@ -19,7 +19,7 @@ boundaries) hold float32 subnormals, on which x86 arithmetic is one to two order
 ``--denormals flush`` (default) sets ``torch.set_flush_denormal(True)`` in every child (flush-to-zero and
 denormals-are-zero), ``keep`` leaves them (IEEE, torch's default); the same setting for both contenders,
 recorded in each result, with the share of subnormal entries in ``T²ᵏ`` after each timed squaring (dense)
-or in the weight planes and the final state (sparse).
+or in the weight planes (built with IEEE subnormals) and the final state (sparse).
 
 Each run of a contender is a fresh child process with a time limit (``--timeout``); ``--repeats r`` runs
 the chosen contenders interleaved (sparse, dense, sparse, dense, …), each result with the load average
@@ -28,7 +28,7 @@ meanwhile). Peak memory = the process's peak RSS (``ru_maxrss``) minus its peak 
 imports and a warm-up walk on a 64×64 image excluded). Time = wall seconds of the walk (median over the
 repeats in the table). Labels = ``walk_to_labels`` (bilinear ×4, crop, global max, 0.25 background plane)
 of each result, compared pixel by pixel when both contenders have run with the same denormal setting
-(in this run or an earlier one saved under ``--work``); a contender runs alone fine.
+and edge (in this run or an earlier one saved under ``--work``); a contender runs alone fine.
 
 Usage: ``python -m bench.bench_walk [--methods sparse dense] [--grids 500x375 512x512] [--denormals flush|keep]
 [--dense-squarings 1] [--repeats 1] [--threads 1] [--timeout 600]``.
@@ -51,8 +51,9 @@ K, BETA, EXP_TIMES, RADIUS = 3, 10.0, 8, 5
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
 
 
-def scene(height: int, width: int, seed: int = 0):
-    """Boundary ``(h, w)`` and CAMs ``(K, h, w)`` (float32) on the stride-4 grid of an H×W image."""
+def scene(height: int, width: int, seed: int = 0, edge: float = 0.9):
+    """Boundary ``(h, w)`` and CAMs ``(K, h, w)`` (float32) on the stride-4 grid of an H×W image; ``edge``: B on
+    the region borders (0.9; a trained IRNet saturates, e.g. 0.9999 gives ``(1 − B)^10 = 1e-40``, subnormal)."""
     import numpy as np
     from scipy import ndimage
 
@@ -61,8 +62,8 @@ def scene(height: int, width: int, seed: int = 0):
     centres = rng.random((K + 1, 2)) * [h, w]
     yy, xx = np.mgrid[0:h, 0:w]
     region = np.argmin([(yy - cy) ** 2 + (xx - cx) ** 2 for cy, cx in centres], axis=0)
-    edge = (ndimage.maximum_filter(region, 3) != ndimage.minimum_filter(region, 3))
-    boundary = np.where(edge, 0.9, 0.05 * rng.random((h, w))).astype(np.float32)
+    border = (ndimage.maximum_filter(region, 3) != ndimage.minimum_filter(region, 3))
+    boundary = np.where(border, edge, 0.05 * rng.random((h, w))).astype(np.float32)
     cams = []
     for c in range(1, K + 1):  # region 0 is background
         m = ndimage.gaussian_filter((region == c).astype(np.float64), 2.0) + 0.1 * rng.random((h, w))
@@ -72,9 +73,14 @@ def scene(height: int, width: int, seed: int = 0):
 
 
 def subnormal_share(t) -> float:
-    """Share of the entries of a float32 tensor that are subnormal (non-zero, below the smallest normal)."""
-    a = t.abs()
-    return float(((a > 0) & (a < FLOAT32_TINY)).sum()) / max(1, t.numel())
+    """Share of the entries of a float32 tensor that are subnormal (non-zero, below the smallest normal);
+    counted in chunks of 2^22 entries, so an n×n matrix needs no n×n temporary."""
+    flat = t.reshape(-1)
+    count = 0
+    for start in range(0, flat.numel(), 1 << 22):
+        a = flat[start:start + (1 << 22)].abs()
+        count += int(((a > 0) & (a < FLOAT32_TINY)).sum())
+    return count / max(1, flat.numel())
 
 
 def dense_walk(cams, boundary, squarings: int) -> tuple[Any, dict[str, Any]]:
@@ -124,7 +130,8 @@ def dense_walk(cams, boundary, squarings: int) -> tuple[Any, dict[str, Any]]:
     return result.reshape(k, h, w), {"seconds": total, **info}
 
 
-def child(method: str, grid: str, squarings: int, out: Path, threads: int, denormals: str) -> dict[str, Any]:
+def child(method: str, grid: str, squarings: int, out: Path, threads: int, denormals: str,
+          edge: float) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -132,16 +139,16 @@ def child(method: str, grid: str, squarings: int, out: Path, threads: int, denor
     from vwl_lightning.pseudo.random_walk import random_walk, transition_weights, walk_to_labels
 
     torch.set_num_threads(threads)
-    flushed = torch.set_flush_denormal(denormals == "flush")
+    flushed = torch.set_flush_denormal(denormals == "flush")  # random_walk sets it for itself, to the same
     height, width = GRIDS[grid]
-    b_np, c_np = scene(height, width)
+    b_np, c_np = scene(height, width, edge=edge)
     boundary, cams = torch.from_numpy(b_np), torch.from_numpy(c_np)
     # warm-up on a 64x64 image: torch's one-time start-up (thread pool, kernels) is not the walk's memory
     wb, wc = (torch.from_numpy(a) for a in scene(64, 64))
     if method == "dense":
         dense_walk(wc, wb, 1)
     else:
-        random_walk(wc[None], wb[None], BETA, EXP_TIMES, RADIUS)
+        random_walk(wc[None], wb[None], BETA, EXP_TIMES, RADIUS, flush_denormal=denormals == "flush")
     before = max(rss_mib(), PeakMemory.peak_self_mib())
     load_before = os.getloadavg()[0]
     cpu_start = time.process_time()
@@ -149,19 +156,21 @@ def child(method: str, grid: str, squarings: int, out: Path, threads: int, denor
         result, extra = dense_walk(cams, boundary, squarings)
     else:
         start = time.perf_counter()
-        result = random_walk(cams[None], boundary[None], BETA, EXP_TIMES, RADIUS)[0]
+        result = random_walk(cams[None], boundary[None], BETA, EXP_TIMES, RADIUS,
+                             flush_denormal=denormals == "flush")[0]
         extra = {"seconds": time.perf_counter() - start}
-        weights = transition_weights(boundary[None], BETA, RADIUS)
-        extra["subnormal_share_weights"] = subnormal_share(weights)
-        extra["subnormal_share_state"] = subnormal_share(result)
     extra["cpu_seconds_all_threads"] = time.process_time() - cpu_start
     peak = PeakMemory.peak_self_mib() - before
+    if method == "sparse":  # after the peak: the count's own buffers are not the walk's
+        torch.set_flush_denormal(False)  # count what IEEE arithmetic would hold
+        extra["subnormal_share_weights"] = subnormal_share(transition_weights(boundary[None], BETA, RADIUS))
+        extra["subnormal_share_state"] = subnormal_share(result)
     labels = walk_to_labels(result, np.array([3, 8, 12]), (height, width))
     np.save(out, labels)
     up = torch.nn.functional.interpolate(result[None], scale_factor=4, mode="bilinear",
                                          align_corners=False)[0, :, :height, :width]
     np.save(out.with_suffix(".scores.npy"), (up / up.max()).numpy())
-    return {"method": method, "grid": grid, "n": int(b_np.size), "denormals": denormals,
+    return {"method": method, "grid": grid, "n": int(b_np.size), "denormals": denormals, "edge": edge,
             "flush_denormal_supported": bool(flushed), "threads": threads, "peak_extra_mib": peak,
             "load_avg_1min_start": round(load_before, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2),
             **extra}
@@ -173,11 +182,11 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def compare(work: Path, grid: str, denormals: str) -> dict[str, Any] | None:
+def compare(work: Path, grid: str, tag: str) -> dict[str, Any] | None:
     """Pixel comparison of the two contenders' saved labels for ``grid`` (None unless both exist)."""
     import numpy as np
 
-    paths = {m: work / f"{grid}_{denormals}_{m}.npy" for m in ("sparse", "dense")}
+    paths = {m: work / f"{grid}_{tag}_{m}.npy" for m in ("sparse", "dense")}
     if not all(p.is_file() for p in paths.values()):
         return None
     sparse_l, dense_l = (np.load(p) for p in paths.values())
@@ -197,6 +206,7 @@ def main() -> None:
                         help="flush: torch.set_flush_denormal(True) in every child; keep: IEEE subnormals")
     parser.add_argument("--dense-squarings", type=int, default=1, choices=range(1, EXP_TIMES + 1),
                         help="squarings timed; the rest counted at the last one's time")
+    parser.add_argument("--edge", type=float, default=0.9, help="boundary value on region borders")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of each contender")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per child (1: on shared cores the sparse walk's 17,664 small "
@@ -209,22 +219,24 @@ def main() -> None:
         from bench.common import emit
 
         method, grid, out = args.child
-        emit(child(method, grid, args.dense_squarings, Path(out), args.threads, args.denormals))
+        emit(child(method, grid, args.dense_squarings, Path(out), args.threads, args.denormals, args.edge))
         return
 
     from bench.common import machine, machine_line, run_child
 
     args.work.mkdir(parents=True, exist_ok=True)
     print(machine_line(machine()))
-    print(f"denormals: {args.denormals}; threads {args.threads}; dense squarings timed {args.dense_squarings}")
+    print(f"denormals: {args.denormals}; threads {args.threads}; dense squarings timed {args.dense_squarings}; "
+          f"edge {args.edge}")
     rows = []
+    tag = f"{args.denormals}_edge{args.edge}"  # saved labels of one setting, compared across runs
     for grid in args.grids:
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
         for _ in range(args.repeats):
             for method in args.methods:  # interleaved: the machine's load changes between runs
-                out = args.work / f"{grid}_{args.denormals}_{method}.npy"
+                out = args.work / f"{grid}_{tag}_{method}.npy"
                 flags = ["--dense-squarings", str(args.dense_squarings), "--threads", str(args.threads),
-                         "--denormals", args.denormals]
+                         "--denormals", args.denormals, "--edge", str(args.edge)]
                 try:
                     result = run_child(MODULE, [*flags, "--child", method, grid, str(out)], timeout=args.timeout)
                 except subprocess.TimeoutExpired:
@@ -239,7 +251,7 @@ def main() -> None:
                          "peak_mib": max((r["peak_extra_mib"] for r in done), default=None),
                          "load": [(r["load_avg_1min_start"], r["load_avg_1min_end"]) for r in done],
                          "others_cpu_share": [round(r["others_cpu_share"], 2) for r in done]})
-        same = compare(args.work, grid, args.denormals)
+        same = compare(args.work, grid, tag)
         if same is not None:
             print(f"{grid}: labels differing (sparse vs dense, denormals {args.denormals}): "
                   f"{same['labels_differ']} / {same['pixels']}"

@@ -19,7 +19,7 @@ FLOP-bound on a GPU: it is projected from kernel launches (``--gpu-launch-us`` p
 kernels per image at ``irn.walk.batch_size`` 1) or memory traffic (``--gpu-gbps``), whichever is larger —
 an **assumption**, labelled. On the CPU the same IRN steps are **measured** on this machine (ResNet-50
 IRNet, random weights: one training step at batch 2 scaled ×16 to batch 32, one boundary map of a 500×375
-image, the sparse walk on a 500×375 grid at K = 1 and 3, interpolated to the data set's mean number of
+image, the sparse walk on a 500×375 grid at K = 1 and 3 on one thread, interpolated to the data set's mean number of
 classes per image ``K̄``, an assumption: VOC 1.5, COCO 2.9), flush-to-zero on as in the stage, and scaled
 to the data set (hours on these cores; ``--no-cpu`` skips the measurement).
 
@@ -98,8 +98,8 @@ def walk_gpu_seconds(k: float, launch_us: float, gbps: float) -> float:
 
 
 def irn_cpu_measured() -> dict[str, float]:
-    """Seconds on this CPU (flush-to-zero on, as the stage): training step at batch 2, one boundary map,
-    the walk on a 500×375 grid at K = 1 and K = 3 (median of 3)."""
+    """Seconds on this CPU (flush-to-zero on, as the stage): training step at batch 2, one boundary map (torch's
+    threads), the walk on a 500×375 grid at K = 1 and K = 3 (one thread, median of 3)."""
     from bench.bench_walk import scene
 
     torch.set_flush_denormal(True)
@@ -117,6 +117,8 @@ def irn_cpu_measured() -> dict[str, float]:
         boundary_map(net, x, PAD_TO)
     out["boundary_map"] = time.perf_counter() - start
     b, cams = (torch.from_numpy(a) for a in scene(*IMAGE))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the walk's 17,664 small kernels per image: one thread (BENCHMARKS.md, IRN walk)
     for k in (1, 3):
         times = []
         for _ in range(3):
@@ -124,6 +126,7 @@ def irn_cpu_measured() -> dict[str, float]:
             random_walk(cams[None, :k], b[None], WALK_BETA, 8, WALK_RADIUS)
             times.append(time.perf_counter() - start)
         out[f"walk_k{k}"] = sorted(times)[1]
+    torch.set_num_threads(threads)
     return out
 
 
@@ -203,7 +206,7 @@ def main() -> None:
         print(f"\nIRN on this CPU (measured, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads, "
               f"flush-to-zero on; load average {load[0]:.2f} -> {os.getloadavg()[0]:.2f}): training step at batch "
               f"2 {cpu['train_step_batch2']:.2f} s, boundary map {cpu['boundary_map']:.2f} s per image, walk "
-              f"{cpu['walk_k1']:.2f} s (K = 1) / {cpu['walk_k3']:.2f} s (K = 3) per 500×375 image")
+              f"(1 thread) {cpu['walk_k1']:.2f} s (K = 1) / {cpu['walk_k3']:.2f} s (K = 3) per 500×375 image")
     names = list(flops)
     irn_names = list(irn)
     bf16 = args.gpu_tflops_bf16 * 1e12
