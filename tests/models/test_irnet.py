@@ -74,6 +74,37 @@ def test_boundary_map_averages_the_flipped_logits_then_applies_the_sigmoid() -> 
         boundary_map(net, torch.zeros(1, 3, 70, 20), pad_to=64)
 
 
+def spec_boundary_map(net: IRNet, x: torch.Tensor, pad_to: int) -> torch.Tensor:
+    """Spec §10.6 steps 1-2, written from the text: each pass on its own, padded right/bottom, cropped, then flipped."""
+    height, width = x.shape[-2:]
+    h, w = -(-height // 4), -(-width // 4)
+
+    def logits(image: torch.Tensor) -> torch.Tensor:
+        canvas = torch.zeros(image.shape[0], 3, pad_to, pad_to)
+        canvas[..., :height, :width] = image  # zero padding right and bottom
+        return net(canvas)[:, 0, :h, :w]  # crop to (h, w)
+
+    z0, z1 = logits(x), logits(x.flip(-1)).flip(-1)  # the mirrored pass's cropped logits, flipped back
+    return torch.sigmoid((z0 + z1) / 2)
+
+
+@pytest.mark.parametrize("width", [42, 45])  # W mod 4 = 2, and an odd width
+def test_padded_boundary_map_flips_then_pads_as_the_spec_says(width: int) -> None:
+    torch.manual_seed(0)
+    net = IRNet(small_trunk()).eval()
+    torch.nn.init.normal_(net.edge_out.weight, std=1.0)  # a branch whose levels all count
+    x = torch.randn(2, 3, 30, width)
+    with torch.no_grad():
+        b = boundary_map(net, x, pad_to=64)
+        reference = spec_boundary_map(net, x, 64)
+        # the former order (pad, then flip the padded canvas) puts the mirrored pass's padding on the left
+        padded = torch.nn.functional.pad(x, (0, 64 - width, 0, 64 - 30))
+        z = net(torch.cat([padded, padded.flip(-1)]))
+        former = torch.sigmoid((z[:2] + z[2:].flip(-1)) / 2)[:, 0, :8, : -(-width // 4)]
+    torch.testing.assert_close(b, reference, atol=1e-6, rtol=0)
+    assert (former - reference).abs().max() > 1e-3  # the test tells the two orders apart on this width
+
+
 def test_stride4_labels_take_pixel_4y_plus_2() -> None:
     masks = torch.arange(16 * 12).reshape(1, 16, 12)
     labels = stride4_labels(masks)

@@ -116,6 +116,20 @@ def test_loss_against_hand_computed_values() -> None:
     assert float(empty["bg_pos"]) == 0.0 and float(empty["neg"]) == 0.0
 
 
+def test_loss_counts_in_the_affinities_precision() -> None:
+    # 1000 + 1e-5 is 1000 in float32; the float64 loss must not depend on the masks arriving as float32
+    aff = torch.full((1, 1, 1000), 0.5, dtype=torch.float64)
+    ones = torch.ones(1, 1, 1000)  # float32 masks
+    out = affinity_loss(aff, ones, torch.zeros_like(ones), ones)
+    assert out["bg_pos"].dtype == torch.float64
+    term = -math.log(0.5 + 1e-5)
+    assert float(out["bg_pos"]) == pytest.approx(1000 * term / (1000 + 1e-5), rel=1e-13)
+    assert float(out["bg_pos"]) != pytest.approx(term, rel=1e-13)  # what a count rounded in float32 gives
+    labels = torch.zeros(1, 16, 32, dtype=torch.long)
+    assert all(m.dtype == torch.float64 for m in pair_labels(labels, 5, dtype=torch.float64))
+    assert all(m.dtype == torch.float32 for m in pair_labels(labels, 5))
+
+
 def test_bad_radius_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="radius"):
         half_disc_offsets(1)

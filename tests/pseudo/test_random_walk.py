@@ -175,3 +175,14 @@ def test_bad_walk_settings_are_one_line_errors(beta: float, exp_times: int, radi
     with pytest.raises(ConfigError, match=r"^irn\.\w+: need") as info:
         random_walk(x, x[:, 0], beta, exp_times, radius)
     assert "\n" not in str(info.value)
+
+
+def test_flushed_walk_equals_the_ieee_walk_and_leaves_flushing_off() -> None:
+    torch.manual_seed(0)
+    boundary = torch.rand(1, 15, 17) * 0.05
+    boundary[:, 7] = 0.99995  # a saturated edge: (1 - B)^10 ~ 1e-43, a float32 subnormal
+    cams = torch.rand(1, 2, 15, 17)
+    flushed = random_walk(cams, boundary, 10.0, 4, 5)
+    ieee = random_walk(cams, boundary, 10.0, 4, 5, flush_denormal=False)
+    torch.testing.assert_close(flushed, ieee, rtol=1e-5, atol=1e-7)
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0  # flush-to-zero is off again after the walk

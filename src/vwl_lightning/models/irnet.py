@@ -133,18 +133,22 @@ class IRNet(nn.Module):
 
 
 def boundary_map(model: IRNet, images: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
-    """Inference boundary ``B = σ((Z(x) + flip(Z(flip x)))/2)`` cropped to ``(⌈H/4⌉, ⌈W/4⌉)`` (spec §10.6 step 2).
+    """Inference boundary ``B = σ((Z₀ + flip_W(Z₁))/2)`` on ``(⌈H/4⌉, ⌈W/4⌉)`` (spec §10.6 steps 1-2).
 
-    ``images`` ``(N, 3, H, W)`` normalised; with ``pad_to`` they are zero-padded right/bottom to that square
-    (IRN: the 512 training crop).  Returns ``(N, h, w)``.
+    In the spec's order: the normalised images ``(N, 3, H, W)`` are stacked with their horizontal flips, the
+    stack is zero-padded right and bottom to ``pad_to`` (IRN: the 512 training crop; ``None``: no padding),
+    the logits ``Z`` are cropped top-left to ``(h, w)``, and only then is the mirrored half flipped back.  So
+    the mirrored image, like the image, starts at the canvas's left edge and meets its padding on the right.
+    (Until issue 29 the padded canvas was flipped instead, putting the mirrored pass's padding on the left and
+    shifting its stride-16/32 phase: up to 0.1 off in B wherever ``pad_to`` was set; without ``pad_to`` the
+    two orders are the same.)  Returns ``(N, h, w)``.
     """
     n, _, height, width = images.shape
-    x = images
+    x = torch.cat([images, images.flip(-1)], 0)  # step 1: the image stacked with its flip, ...
     if pad_to is not None:
         if height > pad_to or width > pad_to:
             raise ConfigError(f"irn.infer_pad: {height}x{width} images exceed the {pad_to} px padding size")
-        x = F.pad(x, (0, pad_to - width, 0, pad_to - height))
-    z = model(torch.cat([x, x.flip(-1)], 0))
+        x = F.pad(x, (0, pad_to - width, 0, pad_to - height))  # ... then padded right and bottom
     h, w = -(-height // 4), -(-width // 4)
-    z0, z1 = z[:n], z[n:].flip(-1)  # the flipped logits flipped back, then both cropped top-left (§10.10 item 5)
-    return torch.sigmoid((z0 + z1) / 2)[:, 0, :h, :w]
+    z = model(x)[:, 0, :h, :w]  # step 2: crop the logits to (h, w), then flip the mirrored half back
+    return torch.sigmoid((z[:n] + z[n:].flip(-1)) / 2)

@@ -84,7 +84,7 @@ class IRNModule(pl.LightningModule):
     def losses(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         labels = stride4_labels(masks)
         boundary = torch.sigmoid(self.model(images))[:, 0, : labels.shape[1], : labels.shape[2]]
-        bg, fg, neg = pair_labels(labels, self.radius, self.ignore_index)
+        bg, fg, neg = pair_labels(labels, self.radius, self.ignore_index, dtype=boundary.dtype)
         return affinity_loss(training_affinities(boundary, self.radius), bg, fg, neg)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

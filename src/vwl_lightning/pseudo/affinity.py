@@ -64,12 +64,13 @@ def source_box(height: int, width: int, radius: int) -> tuple[int, int, int, int
     return 0, height - r_f, r_f, width - r_f
 
 
-def pair_labels(labels: torch.Tensor, radius: int = 10, ignore_index: int = 255
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``bg_pos, fg_pos, neg`` float masks ``(N, |O_R|, n_src)`` of a ``(N, h, w)`` stride-4 label map.
+def pair_labels(labels: torch.Tensor, radius: int = 10, ignore_index: int = 255,
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bg_pos, fg_pos, neg`` 0/1 masks ``(N, |O_R|, n_src)`` of a ``(N, h, w)`` stride-4 label map.
 
     For offset ``d`` and source ``s``: valid ⇔ ``L[s] < ignore`` and ``L[s+d] < ignore``; ``bg_pos`` ⇔
-    both 0; ``fg_pos`` ⇔ equal and ``>= 1``; ``neg`` ⇔ different (spec §10.3 item 9).
+    both 0; ``fg_pos`` ⇔ equal and ``>= 1``; ``neg`` ⇔ different (spec §10.3 item 9).  ``dtype``: the loss's
+    working precision (default: torch's default float), so ``count + 1e-5`` is formed in that precision.
     """
     if labels.ndim != 3:
         raise ValueError(f"labels must be (N, h, w), got {tuple(labels.shape)}")
@@ -84,7 +85,8 @@ def pair_labels(labels: torch.Tensor, radius: int = 10, ignore_index: int = 255
     bg_pos = valid & same & (src == 0)
     fg_pos = valid & same & (src > 0)
     neg = valid & ~same
-    return bg_pos.float(), fg_pos.float(), neg.float()
+    dtype = dtype or torch.get_default_dtype()
+    return bg_pos.to(dtype), fg_pos.to(dtype), neg.to(dtype)
 
 
 def training_affinities(boundary: torch.Tensor, radius: int = 10) -> torch.Tensor:
@@ -104,8 +106,10 @@ def affinity_loss(affinity: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Te
     """IRN's boundary loss over the whole batch (spec §10.5); returns ``bg_pos, fg_pos, pos, neg, total``.
 
     ``L_bg⁺ = Σ bg·(−ln(a+ε)) / (Σ bg + ε)``, ``L_fg⁺`` likewise, ``L_neg = Σ neg·(−ln(1+ε−a)) / (Σ neg + ε)``,
-    ``total = ((L_bg⁺ + L_fg⁺)/2 + L_neg)/2`` with ε = 1e-5 (an empty group contributes 0).
+    ``total = ((L_bg⁺ + L_fg⁺)/2 + L_neg)/2`` with ε = 1e-5 (an empty group contributes 0).  The masks are
+    taken in the affinities' dtype, so the counts and ``count + ε`` are in the loss's working precision.
     """
+    bg_pos, fg_pos, neg = (m.to(affinity.dtype) for m in (bg_pos, fg_pos, neg))
     pos_term = -torch.log(affinity + LOSS_EPS)
     neg_term = -torch.log(1.0 + LOSS_EPS - affinity)
     bg = (bg_pos * pos_term).sum() / (bg_pos.sum() + LOSS_EPS)

@@ -12,13 +12,21 @@ which is ``v ← v·T`` by associativity.  Storage: one weight plane per offset 
 R = 5, the self-loop included, already divided by the receiving pixel's degree) plus the padded state:
 ``(69 + 2K)·n`` floats, ~4.5 MiB at n = 16,384 in float32.  Cost per step ``2·69·K·n`` FLOP.
 
+Denormals: on the CPU the walk runs with flush-to-zero (``torch.set_flush_denormal(True)``, turned off again
+afterwards, torch's default). A trained IRNet saturates its boundary map (B ≈ 0.9999 on strong edges), and
+``(1 − B)^10`` is then a float32 subnormal, on which every multiply-add of the 256 steps is many times slower:
+on a 500×375 grid with 9 % subnormal weight planes the walk took 1.26 s with IEEE subnormals against 0.22 s
+flushed, with identical labels and scores (``python -m bench.bench_walk --methods sparse --edge 0.9999
+--denormals keep|flush``; BENCHMARKS.md). The flag is per thread: it covers the walk's one-thread default.
+
 Batching: images of different sizes share one canvas; each image occupies the top-left ``h_i × w_i`` of its
 slot, and every pair with an end outside it has weight 0 (so canvas padding never touches the image).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -133,9 +141,33 @@ def walk_steps(x: torch.Tensor, weights: torch.Tensor, steps: int, radius: int =
     return v
 
 
+@contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Flush-to-zero on the CPU (this thread) inside the block; off again afterwards (torch's default)."""
+    if not enabled:
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def random_walk(cams: torch.Tensor, boundary: torch.Tensor, beta: float = 10.0, exp_times: int = 8,
-                radius: int = WALK_RADIUS, sizes: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
-    """``X₀·T^(2^exp_times)`` with ``X₀ = cam ⊙ (1 − B)`` (spec §10.6 step 4); ``(N, K, h, w)`` → same shape."""
+                radius: int = WALK_RADIUS, sizes: Sequence[tuple[int, int]] | None = None,
+                flush_denormal: bool = True) -> torch.Tensor:
+    """``X₀·T^(2^exp_times)`` with ``X₀ = cam ⊙ (1 − B)`` (spec §10.6 step 4); ``(N, K, h, w)`` → same shape.
+
+    ``flush_denormal``: run with flush-to-zero on the CPU (module docstring: subnormal weights of a saturated
+    boundary map slow the walk several times and change nothing); ``False`` keeps IEEE subnormals.
+    """
+    with flush_denormals(flush_denormal and cams.device.type == "cpu"):
+        return _random_walk(cams, boundary, beta, exp_times, radius, sizes)
+
+
+def _random_walk(cams: torch.Tensor, boundary: torch.Tensor, beta: float, exp_times: int, radius: int,
+                 sizes: Sequence[tuple[int, int]] | None) -> torch.Tensor:
     check_walk_settings(beta, exp_times, radius)
     if cams.ndim != 4 or boundary.ndim != 3 or cams.shape[0] != boundary.shape[0] \
             or cams.shape[-2:] != boundary.shape[-2:]:
