@@ -342,15 +342,10 @@ def load_encoding_resnet(model: EMANet, path: str | Path) -> dict[str, int]:
 def load_emanet_checkpoint(model: EMANet, path: str | Path) -> int:
     """Load an official ``{'net': state_dict, 'step': int}`` file (or a bare state dict), strict, with
     ``weights_only=True``; returns the step (−1 when absent)."""
-    from vwl_lightning.models.weight_files import sha256_of, strip_key_prefix
+    from vwl_lightning.models.weight_files import read_weights_only, sha256_of, strip_key_prefix
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"EMANet checkpoint {path} not found (segmenter.init_checkpoint)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise DataError(f"{path}: cannot read as a weights-only checkpoint ({type(exc).__name__})") from None
+    blob = read_weights_only(path, "EMANet checkpoint", "segmenter.init_checkpoint")
     state = blob.get("net", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected {{'net': state_dict, 'step': int}} or a state dict")

@@ -72,16 +72,23 @@ def resolve_weights_path(spec: str | os.PathLike, key: str = "model.backbone.wei
     return files[0]
 
 
+def read_weights_only(path: str | os.PathLike, what: str = "backbone weights file",
+                      key: str = "model.backbone.weights_path") -> Any:
+    """The object in a torch file, read with ``weights_only=True``; DataError naming the file (and the config
+    ``key`` that named it) when it is missing or not a weights-only checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{what} {path} not found ({key})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+        raise DataError(f"{path}: cannot read as a PyTorch state dict ({load_error_text(exc)})") from None
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint with ``weights_only=True``; accepts a bare state dict or one under
     ``state_dict`` / ``model``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"backbone weights file {path} not found (model.backbone.weights_path)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise DataError(f"{path}: cannot read as a PyTorch state dict ({load_error_text(exc)})") from None
+    blob = read_weights_only(path)
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and key in blob and isinstance(blob[key], dict):
             blob = blob[key]
