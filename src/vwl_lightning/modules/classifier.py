@@ -26,7 +26,7 @@ from vwl_lightning.errors import DataError, load_error_text
 from vwl_lightning.evaluation.metrics import SegmentationConfusion
 from vwl_lightning.models.backbone import weights_from_checkpoint
 from vwl_lightning.models.classifier import VWLClassifier
-from vwl_lightning.modules.optim import make_optimizer, trainable
+from vwl_lightning.modules.optim import check_module_nodes, make_optimizer, trainable
 from vwl_lightning.tracking.wandb_runs import cam_overlay, denormalise, mask_image, wandb_image
 from vwl_lightning.utils.instantiate import ArgumentError, build, require_number
 
@@ -72,7 +72,8 @@ class ClassifierModule(pl.LightningModule):
                  val_bg_score: float = 0.13, channels_last: bool = False, class_names: list[str] | None = None,
                  log_images: int = 0) -> None:
         super().__init__()
-        self.check_arguments(loss, new_layer_lr_mult, val_bg_score)
+        self.check_arguments(backbone, pool, codebook, head, loss, optimizer, scheduler, new_layer_lr_mult,
+                             val_bg_score)
         self.save_hyperparameters()
         self.model = build_classifier(num_classes, backbone, pool, codebook, head)
         if channels_last:
@@ -84,7 +85,11 @@ class ClassifierModule(pl.LightningModule):
         self.val_cam = SegmentationConfusion(num_classes + 1)
 
     @classmethod
-    def check_arguments(cls, loss: dict, new_layer_lr_mult: float, val_bg_score: float) -> None:
+    def check_arguments(cls, backbone: dict, pool: dict, codebook: dict | None, head: dict | None, loss: dict,
+                        optimizer: dict, scheduler: dict, new_layer_lr_mult: float, val_bg_score: float) -> None:
+        """Every node checked by its class (the optimiser dry-built), then the module's own values; nothing built."""
+        check_module_nodes("model", {"backbone": backbone, "pool": pool, "codebook": codebook, "head": head,
+                                     "optimizer": optimizer, "scheduler": scheduler})
         if not isinstance(loss, dict) or set(loss) - set(LOSS_TERMS):
             raise ArgumentError("loss", loss, "weights of " + ", ".join(LOSS_TERMS))
         for term, weight in loss.items():

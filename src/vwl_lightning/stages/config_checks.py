@@ -115,40 +115,10 @@ def check_value(rule: Rule, value: Any) -> str | None:
     return None
 
 
-# the ``_target_`` trees the stages build, with the keys of each that are the stage's own settings (not the
-# object's arguments)
-OBJECT_ROOTS: dict[str, tuple[str, ...]] = {
-    "model": ("max_epochs", "checkpoint_every_n_steps"),
-}
 # trainer keys that would set a schedule: the stage settings that do
 SCHEDULE_KEYS = {"max_epochs": "model.max_epochs, segmenter.max_epochs and irn.max_epochs",
                  "max_steps": "segmenter.max_steps", "min_epochs": "model.max_epochs",
                  "min_steps": "segmenter.max_steps", "max_time": "the stage schedules (model.max_epochs, ...)"}
-
-
-def check_objects(cfg: DictConfig) -> None:
-    """Every ``_target_`` node of :data:`OBJECT_ROOTS` checked by its class (module docstring)."""
-    import torch
-    from hydra._internal.utils import _locate
-
-    from vwl_lightning.modules.optim import check_optimizer
-    from vwl_lightning.utils.instantiate import build, check_node, target_nodes
-
-    for root, stage_keys in OBJECT_ROOTS.items():
-        node = OmegaConf.select(cfg, root, default=None)
-        if node is None:
-            continue
-        tree = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in stage_keys}
-        for key, sub in target_nodes(tree, f"{root}."):
-            check_node(sub, key)
-            target = _locate(str(sub["_target_"]))
-            if isinstance(target, type) and issubclass(target, torch.optim.Optimizer):
-                if not sub.get("_partial_"):
-                    raise ConfigError(f"{key}._partial_: expected true (the module supplies the parameters)")
-                try:  # torch's own checks of lr, momentum, weight decay
-                    check_optimizer(build(sub, key))
-                except (ValueError, TypeError) as exc:
-                    raise ConfigError(f"{key}: {exc}") from None
 
 
 def check_schedule_keys(cfg: DictConfig) -> None:
@@ -164,10 +134,11 @@ def validate_config(cfg: DictConfig, rules: Sequence[Rule] = RULES) -> None:
     """ConfigError on the first bad value: a ``_target_`` node its class refuses, a trainer schedule key, or a
     key of ``rules`` whose value is of the wrong kind or out of range."""
     from vwl_lightning.stages.irn import check_irn
+    from vwl_lightning.stages.train_classifier import check_classifier
     from vwl_lightning.stages.train_segmenter import check_segmenter
 
     check_schedule_keys(cfg)
-    check_objects(cfg)
+    check_classifier(cfg)
     if OmegaConf.select(cfg, "segmenter", default=None) is not None:
         check_segmenter(cfg)
     if OmegaConf.select(cfg, "pseudo.mode", default=None) == "irn":

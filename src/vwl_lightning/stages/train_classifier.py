@@ -26,7 +26,7 @@ from vwl_lightning.modules.classifier import ClassifierModule
 from vwl_lightning.tracking.loggers import build_callbacks, build_logger
 from vwl_lightning.tracking.wandb_runs import finish_active_run, log_artifact
 from vwl_lightning.utils.checkpoints import AtomicCheckpointIO, usable_resume_checkpoint
-from vwl_lightning.utils.instantiate import build
+from vwl_lightning.utils.instantiate import build, check_node
 from vwl_lightning.utils.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ def build_datamodule(cfg: DictConfig) -> ClassificationDataModule:
 def module_node(cfg: DictConfig) -> dict[str, Any]:
     """The ``model`` node without the stage's own settings: the module's ``_target_`` node."""
     return {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in STAGE_SETTINGS}
+
+
+def check_classifier(cfg: DictConfig) -> None:
+    """The start-up checks of the ``model`` node: its arguments' names, and every ``_target_`` node checked by its
+    class (one line naming ``model.<key>``); nothing is built."""
+    check_node(module_node(cfg), "model")
 
 
 def build_module(cfg: DictConfig, num_foreground: int, class_names: list[str]) -> ClassifierModule:

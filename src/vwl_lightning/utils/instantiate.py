@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra._internal.utils import _locate
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from vwl_lightning.errors import ConfigError
 
@@ -168,16 +168,3 @@ def check_node(node: Any, key: str, **extra: Any) -> None:
         checker(**{k: v for k, v in bound.arguments.items() if k in wanted})
     except ArgumentError as exc:
         raise exc.at(key) from None
-
-
-def target_nodes(tree: Any, prefix: str = "") -> Iterator[tuple[str, DictConfig | dict]]:
-    """Every ``(dotted key, node)`` under ``tree`` that has a ``_target_`` (outermost first)."""
-    if OmegaConf.is_dict(tree) or isinstance(tree, Mapping):
-        if "_target_" in tree:
-            yield prefix.rstrip("."), tree
-        for name in tree:
-            if str(name) in SPECIAL_KEYS:
-                continue
-            child = tree[name]
-            if OmegaConf.is_dict(child) or isinstance(child, Mapping):
-                yield from target_nodes(child, f"{prefix}{name}.")
